@@ -1,0 +1,83 @@
+# tsfm-wb: every target bootstraps what it needs. On a fresh machine: `make run`, `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+
+# Keep caches and tool state inside the repo (git-ignored), never in $HOME.
+CACHE := $(CURDIR)/.cache
+export MPLBACKEND := Agg
+export MPLCONFIGDIR := $(CACHE)/matplotlib
+export IPYTHONDIR := $(CACHE)/ipython
+export KERAS_HOME := $(CACHE)/keras
+export TF_CPP_MIN_LOG_LEVEL := 2
+export TF_ENABLE_ONEDNN_OPTS := 0
+export CUDA_VISIBLE_DEVICES :=
+export PYTHONHASHSEED := 0
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+# Notebooks nbval runs top to bottom (outputs are data-dependent, hence --nbval-lax).
+NBVAL_NBS := nbs/index.ipynb nbs/01_data.ipynb nbs/02_metrics.ipynb
+
+.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench clean lock
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock setup.py settings.ini
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@mkdir -p $(CACHE)
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv (Python 3.11) with the pinned dependencies; a no-op when nothing changed
+
+run: install ## the main job: run the workbench end to end on bundled real data, print the report path
+	$(PY) -m tsfm_wb.workbench
+
+export: install ## notebooks -> tsfm_wb/ (nbdev_export)
+	$(BIN)/nbdev_export
+
+check-export: install ## fail if tsfm_wb/ is not what the notebooks export
+	bash .ci/check_export.sh
+
+nbtest: install ## the notebooks' own test cells (nbdev_test)
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: install ## pytest tests/
+	$(BIN)/pytest -q tests
+
+nbval: install ## run the reader notebooks top to bottom with nbval
+	$(BIN)/pytest -q --nbval-lax -p no:cacheprovider $(NBVAL_NBS)
+
+test: install ## all tests: export sync, notebook tests, pytest, nbval
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory check-export && \
+	$(MAKE) --no-print-directory nbtest && \
+	$(MAKE) --no-print-directory pytest && \
+	$(MAKE) --no-print-directory nbval && \
+	echo "make test: all passed in $$(( $$(date +%s) - start )) s"
+
+lab: install ## JupyterLab on the repository
+	$(BIN)/jupyter lab --notebook-dir=$(CURDIR)
+
+docs: install ## render the docs from the notebooks into _docs/ (HTML, no quarto needed)
+	$(PY) .ci/render_docs.py
+
+bench: install ## benchmarks; results under reports/bench/
+	$(PY) -m tsfm_wb.bench
+
+lock: ## re-resolve requirements.in into requirements.lock (needs the registries)
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv && .lockvenv/bin/pip install -q -r requirements.in
+	(echo "# Full pinned environment for Python 3.11 (pip freeze of requirements.in). Regenerate: make lock"; \
+	 .lockvenv/bin/pip freeze --exclude-editable) > requirements.lock && rm -rf .lockvenv
+
+clean: ## remove the venv, caches and generated docs (keeps artifacts/ and reports/)
+	rm -rf $(VENV) $(CACHE) _docs _proc .pytest_cache .hypothesis *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
