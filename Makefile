@@ -23,7 +23,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # Notebooks nbval runs top to bottom (outputs are data-dependent, hence --nbval-lax).
 NBVAL_NBS := nbs/index.ipynb nbs/01_data.ipynb nbs/02_metrics.ipynb
 
-.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench clean lock
+.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench clean lock api-pin serve matrix
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -81,3 +81,8 @@ lock: ## re-resolve requirements.in into requirements.lock (needs the registries
 clean: ## remove the venv, caches and generated docs (keeps artifacts/ and reports/)
 	rm -rf $(VENV) $(CACHE) _docs _proc .pytest_cache .hypothesis *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+api-pin: install ## re-pin the public API snapshot (tests/public_api.json) after a deliberate change
+	$(PY) -c "import importlib, json; from tsfm_wb._modidx import d; \
+	api = {m: sorted(importlib.import_module(m).__all__) for m in sorted(d['syms'])}; \
+	open('tests/public_api.json', 'w').write(json.dumps(api, indent=1, sort_keys=True) + '\n')"

@@ -3,7 +3,7 @@
 # tsfm_wb/*.py is generated, nbs/ is the source.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="${root}/.venv/bin"
+bin="${TSFM_WB_VENV_BIN:-${root}/.venv/bin}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 cp -r "$root/nbs" "$root/settings.ini" "$tmp/"
