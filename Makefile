@@ -65,7 +65,7 @@ test: install ## all tests: export sync, notebook tests, pytest, nbval
 	echo "make test: all passed in $$(( $$(date +%s) - start )) s"
 
 lab: install ## JupyterLab on the repository
-	$(BIN)/jupyter lab --notebook-dir=$(CURDIR)
+	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(CURDIR)
 
 docs: install ## render the docs from the notebooks into _docs/ (HTML, no quarto needed)
 	$(PY) .ci/render_docs.py
