@@ -1,0 +1,392 @@
+"""TSFMRunner against the fake tollama daemon over real HTTP on 127.0.0.1 (nothing patched).
+
+Faults, breaker, coalescing, cache and stale-if-error, the license guard at request time, and batched cycles
+that degrade per market. Time is a fake clock: no test sleeps.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tsfm_wb.core import ConfigError
+from tsfm_wb.fake_tollama import FakeTollama
+from tsfm_wb.postprocess import PostprocessSettings
+from tsfm_wb.runner import (CircuitBreaker, LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner, forecast_cache_key,
+                            load_runner_config)
+from tsfm_wb.schemas import TSFMForecastRequest, TSFMForecastResponse
+from tsfm_wb.tollama import TollamaAdapter, TollamaConfig
+
+REPO = Path(__file__).resolve().parent.parent
+T_END = datetime(2026, 2, 20, 12, tzinfo=timezone.utc)
+REGISTRY = ModelsRegistry(models={"chronos2": {"license_tag": "apache-2.0"}, "not-installed": {"license_tag": "apache-2.0"},
+                                  "moirai-2.0-R-small": {"license_tag": "cc-by-nc-4.0", "research_only": True}},
+                          prod={"allowed_models": ["chronos2", "not-installed"]})
+PP = PostprocessSettings()
+
+
+class Clock:
+    """A clock the tests move by hand."""
+    def __init__(self) -> None: self.t = 10_000.0
+    def __call__(self) -> float: return self.t
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeTollama() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server: FakeTollama) -> FakeTollama:
+    return server.reset()
+
+
+def market(i: int, n: int = 64, **kw: Any) -> TSFMForecastRequest:
+    """A 5-minute market ending at T_END whose last value identifies it."""
+    y = 0.5 + 0.3 * np.sin(np.arange(n) / 9 + i)
+    ts = [T_END - timedelta(minutes=5 * (n - 1 - k)) for k in range(n)]
+    fields = {"market_id": f"m-{i}", "as_of_ts": T_END, "y": y.round(5).tolist(), "y_ts": ts, "liquidity_bucket": "high", **kw}
+    return TSFMForecastRequest(**fields)
+
+
+def make_runner(fake: FakeTollama, clock: Clock | None = None, env: str = "prod", deadline_s: float = 1.0,
+                max_retries: int = 0, **cfg: Any) -> TSFMRunner:
+    adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=deadline_s, max_retries=max_retries, backoff_base_s=0.01))
+    return TSFMRunner(RunnerConfig(env=env, **cfg), adapter=adapter, guard=LicenseGuard(REGISTRY, env), postprocess=PP,
+                      clock=clock or Clock())
+
+
+def check_valid(resp: TSFMForecastResponse, req: TSFMForecastRequest) -> None:
+    """Round-trips through JSON validation; bands finite, in [0, 1], non-crossing, widths within bounds."""
+    again = TSFMForecastResponse.model_validate_json(resp.model_dump_json())
+    assert again.market_id == req.market_id and len(again.timestamps) == req.horizon_steps
+    for bands in (resp.yhat_q, resp.yhat_q_raw):
+        q = np.array([bands[k] for k in bands]).T
+        assert np.isfinite(q).all() and (q >= 0).all() and (q <= 1).all() and (np.diff(q, axis=1) >= 0).all()
+        width = q[:, -1] - q[:, 0]
+        assert (width >= PP.min_width - 1e-9).all() and (width <= PP.max_width + 1e-9).all()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# --- happy path, slicing, config -------------------------------------------------------------------------
+
+def test_tsfm_answer_maps_back_to_probabilities(fake):
+    async def go():
+        async with make_runner(fake) as r: return await r.forecast(market(1, n=400))
+    resp = run(go())
+    req = market(1, n=400)
+    check_valid(resp, req)
+    assert (resp.meta.runtime, resp.meta.fallback_used, resp.meta.band_source, resp.meta.input_len) == ("tollama", False, "tsfm_raw", 288)
+    assert resp.band(0.5) == pytest.approx([req.y[-1]] * 12, abs=1e-9)       # fake median = last value (logit space)
+    assert resp.timestamps[0] == T_END + timedelta(minutes=5)
+    assert any("sliced to the last 288 of 400" in w for w in resp.meta.warnings)
+    assert resp.conformal.applied is False and "no calibrator" in resp.conformal.reason
+    assert fake.stats.forecast_requests == 1 and fake.stats.series == 1
+
+
+def test_repo_configs_hold_the_documented_defaults(monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_runner_config("configs/runner.yaml")
+    assert (cfg.env, cfg.input.input_len_steps, cfg.input.min_points, cfg.input.max_gap_minutes) == ("prod", 288, 32, 60)
+    assert (cfg.cache.ttl_s, cfg.cache.stale_if_error_s, cfg.breaker.failures, cfg.breaker.cooldown_s, cfg.cycle.top_n) == (60, 120, 5, 120, 200)
+    guard = LicenseGuard.from_yaml(cfg.models_config, cfg.env)
+    research_only = [m for m, e in guard.registry.models.items() if e.research_only]
+    assert research_only and not set(research_only) & set(guard.registry.prod.allowed_models)
+
+
+def test_registry_refuses_research_only_model_in_prod_allow_list(tmp_path):
+    p = tmp_path / "models.yaml"
+    p.write_text("models:\n  moirai-2.0-R-small: {license_tag: cc-by-nc-4.0, research_only: true}\n"
+                 "prod:\n  allowed_models: [moirai-2.0-R-small]\n")
+    with pytest.raises(ConfigError, match="is research-only; remove it"):
+        LicenseGuard.from_yaml(p)
+
+
+# --- faults: every one is a valid baseline answer with its reason ------------------------------------------
+
+FAULTS = {
+    "down": ({"down": True}, "unavailable"),
+    "5xx": ({"error_status": 500}, "adapter_error"),
+    "502": ({"error_status": 502}, "adapter_error"),
+    "503": ({"error_status": 503}, "unavailable"),
+    "429": ({"error_status": 429}, "rate_limited"),
+    "malformed_json": ({"malformed_json": True}, "bad_response"),
+    "short": ({"wrong_shapes": "short"}, "bad_response"),
+    "missing_series": ({"wrong_shapes": "missing_series"}, "bad_response"),
+    "unknown_id": ({"wrong_shapes": "unknown_id"}, "bad_response"),
+    "null_values": ({"wrong_shapes": "null_values"}, "bad_response"),
+    "missing_quantile": ({"wrong_shapes": "missing_quantile"}, "bad_response"),
+    "not_a_list": ({"wrong_shapes": "not_a_list"}, "bad_response"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_backend_fault_gives_valid_fallback(fake, fault):
+    options, reason = FAULTS[fault]
+    fake.set(**options)
+    async def go():
+        async with make_runner(fake, max_retries=1) as r: return await r.forecast(market(2)), r.metrics.value("tsfm_backend_errors_total", reason=reason)
+    resp, errors = run(go())
+    check_valid(resp, market(2))
+    assert (resp.meta.runtime, resp.meta.fallback_used, resp.meta.fallback_reason) == ("baseline", True, reason)
+    assert resp.meta.band_source == "baseline" and errors == 1
+    assert any(w.startswith(f"fallback ({reason})") for w in resp.meta.warnings)
+
+
+def test_slow_backend_beyond_deadline_times_out(fake):
+    fake.set(latency_s=3.0)
+    async def go():
+        async with make_runner(fake, deadline_s=0.2, max_retries=1) as r: return await r.forecast(market(3))
+    resp = run(go())
+    check_valid(resp, market(3))
+    assert (resp.meta.fallback_used, resp.meta.fallback_reason) == (True, "timeout")
+
+
+@pytest.mark.parametrize("model, env, reason, calls", [
+    ("not-installed", "prod", "model_not_found", 1),            # in the registry, not installed in the daemon: 404
+    ("moirai-2.0-R-small", "research", "license_refused", 1),   # daemon refuses the license: 409
+    ("moirai-2.0-R-small", "prod", "license_refused", 0),       # our guard refuses research-only in prod, at runtime
+    ("some-unlisted-model", "prod", "license_refused", 0),      # not in prod.allowed_models
+])
+def test_model_and_license_refusals(fake, model, env, reason, calls):
+    req = market(4, model={"model_name": model})
+    async def go():
+        async with make_runner(fake, env=env) as r: return await r.forecast(req), r.breaker.state
+    resp, state = run(go())
+    check_valid(resp, req)
+    assert (resp.meta.fallback_used, resp.meta.fallback_reason, fake.stats.forecast_requests) == (True, reason, calls)
+    assert state == "closed"                                       # the daemon answered: not a breaker failure
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"liquidity_bucket": "low"}, "low_liquidity"),
+    ({"volume_24h": 10.0}, "low_liquidity"),
+    ({"y": [0.5] * 31, "y_ts": None}, "too_few_points"),
+])
+def test_policy_fallbacks_never_call_the_backend(fake, change, reason):
+    req = market(5).model_copy(update=change)
+    async def go():
+        async with make_runner(fake) as r: return await r.forecast(req)
+    resp = run(go())
+    check_valid(resp, req)
+    assert (resp.meta.fallback_reason, fake.stats.forecast_requests) == (reason, 0)
+
+
+def test_gap_and_stale_last_point_fall_back(fake):
+    base = market(6)
+    gappy = base.model_copy(update={"y_ts": [t - timedelta(minutes=61) if k < 10 else t for k, t in enumerate(base.y_ts)]})
+    stale = base.model_copy(update={"as_of_ts": T_END + timedelta(minutes=90)})
+    async def go():
+        async with make_runner(fake) as r: return [await r.forecast(q) for q in (gappy, stale)]
+    for resp in run(go()): assert resp.meta.fallback_reason == "data_gap"
+    assert fake.stats.forecast_requests == 0
+
+
+# --- breaker ---------------------------------------------------------------------------------------------
+
+def test_breaker_opens_after_five_failures_and_recovers_through_one_probe(fake):
+    clock = Clock()
+    fake.set(error_status=500)
+    async def go():
+        async with make_runner(fake, clock) as r:
+            first = [await r.forecast(market(i)) for i in range(7)]
+            calls_open = fake.stats.forecast_requests
+            clock.t += 119
+            still = await r.forecast(market(20))
+            clock.t += 1                                           # cooldown over: half-open
+            fake.set(error_status=None, latency_s=0.2)
+            burst = await asyncio.gather(*(r.forecast(market(30 + i)) for i in range(8)))
+            return first, calls_open, still, burst, r.breaker.state, fake.stats.forecast_requests, r.metrics_text()
+    first, calls_open, still, burst, state, calls, text = run(go())
+    assert [x.meta.fallback_reason for x in first] == ["adapter_error"] * 5 + ["breaker_open"] * 2
+    assert calls_open == 5 and still.meta.fallback_reason == "breaker_open"
+    reasons = sorted(str(x.meta.fallback_reason) for x in burst)
+    assert reasons == ["None"] + ["breaker_open"] * 7              # exactly one probe went through, and succeeded
+    assert state == "closed" and calls == 6
+    assert "tsfm_breaker_opened_total 1" in text and "tsfm_breaker_state 0" in text
+
+
+def test_failed_probe_reopens_for_a_full_cooldown(fake):
+    clock = Clock()
+    fake.set(error_status=503)
+    async def go():
+        async with make_runner(fake, clock, breaker={"failures": 2, "cooldown_s": 100}) as r:
+            for i in range(2): await r.forecast(market(i))
+            clock.t += 100
+            probe = await r.forecast(market(10))
+            clock.t += 99
+            refused = await r.forecast(market(11))
+            return probe, refused, r.breaker.state, r.breaker.opened_count, fake.stats.forecast_requests
+    probe, refused, state, opened, calls = run(go())
+    assert probe.meta.fallback_reason == "unavailable" and refused.meta.fallback_reason == "breaker_open"
+    assert (state, opened, calls) == ("open", 2, 3)
+
+
+def test_breaker_is_correct_under_a_concurrent_burst(fake):
+    fake.set(error_status=500, latency_s=0.05)
+    async def go():
+        async with make_runner(fake) as r:
+            burst = await asyncio.gather(*(r.forecast(market(i)) for i in range(20)))
+            after = await r.forecast(market(99))
+            return burst, after, r.breaker.opened_count, fake.stats.forecast_requests
+    burst, after, opened, calls = run(go())
+    assert {x.meta.fallback_reason for x in burst} == {"adapter_error"}   # all were in flight before it opened
+    assert opened == 1                                                     # late failures did not re-open it
+    assert after.meta.fallback_reason == "breaker_open" and calls == 20
+
+
+def test_breaker_ignores_answers_from_before_a_transition():
+    clock = Clock()
+    br = CircuitBreaker(1, 60, 10, clock=clock)
+    old_success, fail = br.acquire(), br.acquire()
+    br.record_failure(fail)
+    assert br.state == "open"
+    br.record_success(old_success)                                         # a success from before the opening
+    assert br.state == "open" and br.acquire() is None
+
+
+# --- coalescing, cache, stale-if-error ----------------------------------------------------------------------
+
+def test_identical_concurrent_requests_make_one_backend_call(fake):
+    fake.set(latency_s=0.1)
+    req = market(7)
+    async def go():
+        async with make_runner(fake) as r:
+            out = await asyncio.gather(*(r.forecast(req.model_copy(update={"request_id": f"r{i}"})) for i in range(10)))
+            return out, r.metrics.value("tsfm_coalesced_total")
+    out, coalesced = run(go())
+    assert fake.stats.forecast_requests == 1 and coalesced == 9
+    assert all(o.yhat_q == out[0].yhat_q and not o.meta.fallback_used for o in out)
+    assert [o.meta.request_id for o in out] == [f"r{i}" for i in range(10)]
+
+
+def test_cache_hit_then_expiry_then_stale_if_error(fake):
+    clock, req = Clock(), market(8)
+    async def go():
+        async with make_runner(fake, clock) as r:
+            a = await r.forecast(req)
+            b = await r.forecast(req)
+            clock.t += 61
+            c = await r.forecast(req)                                      # expired: asks the backend again
+            clock.t += 61
+            fake.set(down=True)
+            d = await r.forecast(req)                                      # stale (61 s) served on error
+            clock.t += 121
+            e = await r.forecast(req)                                      # beyond ttl + stale: baseline
+            return a, b, c, d, e
+    a, b, c, d, e = run(go())
+    assert (a.meta.cache_hit, b.meta.cache_hit, c.meta.cache_hit) == (False, True, False)
+    assert b.yhat_q == a.yhat_q
+    assert (d.meta.stale, d.meta.cache_hit, d.meta.fallback_used, d.meta.runtime) == (True, True, False, "tollama")
+    assert any("stale-if-error" in w for w in d.meta.warnings)
+    assert (e.meta.fallback_used, e.meta.fallback_reason) == (True, "unavailable")
+
+
+def test_cache_hit_copies_cannot_corrupt_the_cache(fake):
+    req = market(9)
+    async def go():
+        async with make_runner(fake) as r:
+            a = await r.forecast(req)
+            a.yhat_q["0.5"][0] = -1.0
+            a.meta.warnings.append("mutated")
+            return await r.forecast(req)
+    b = run(go())
+    assert b.meta.cache_hit and b.yhat_q["0.5"][0] >= 0 and "mutated" not in b.meta.warnings
+
+
+def test_cache_key_covers_every_request_field():
+    base = market(1)
+    k = forecast_cache_key(base)
+    assert forecast_cache_key(base.model_copy(update={"request_id": "x"})) == k
+    changes = {"y": base.y[:-1] + [0.123], "y_ts": [t - timedelta(seconds=1) for t in base.y_ts], "as_of_ts": T_END + timedelta(minutes=1),
+               "freq": "1h", "horizon_steps": 6, "quantiles": [0.2, 0.8], "transform": {"kind": "none"},
+               "model": {"model_name": "x", "params": {"a": 1}}, "liquidity_bucket": "mid", "volume_24h": 1.0,
+               "time_to_event_s": 5.0, "category": "c", "market_id": "other"}
+    assert set(changes) | {"request_id"} == set(TSFMForecastRequest.model_fields)   # a new schema field must join this test
+    for name, value in changes.items():
+        changed = TSFMForecastRequest.model_validate({**base.model_dump(), name: value})
+        assert forecast_cache_key(changed) != k, name
+
+
+# --- batched cycles -----------------------------------------------------------------------------------------
+
+def test_cycle_batches_and_maps_answers_by_series_id(fake):
+    reqs = [market(i) for i in range(20)] + [market(50, horizon_steps=6)] + [market(3)]   # another group, a duplicate
+    async def go():
+        async with make_runner(fake, cycle={"chunk_size": 8, "batch_concurrency": 2}) as r: return await r.run_cycle(reqs)
+    out = run(go())
+    assert sorted(fake.stats.series_per_request) == [1, 4, 8, 8]
+    assert [o.market_id for o in out] == [q.market_id for q in reqs]
+    for o, q in zip(out, reqs):
+        check_valid(o, q)
+        assert not o.meta.fallback_used and o.band(0.5) == pytest.approx([q.y[-1]] * q.horizon_steps, abs=1e-9)
+
+
+def test_cycle_mixes_cache_hits_policy_fallbacks_and_batches(fake):
+    reqs = [market(i) for i in range(6)] + [market(7, liquidity_bucket="low")]
+    async def go():
+        async with make_runner(fake) as r:
+            await r.forecast(reqs[0])
+            return await r.run_cycle(reqs)
+    out = run(go())
+    assert out[0].meta.cache_hit and out[6].meta.fallback_reason == "low_liquidity"
+    assert fake.stats.series_per_request == [1, 5]
+
+
+def test_failed_batch_is_retried_in_halves(fake):
+    fake.set(fail_next_n=1, fail_status=500)
+    reqs = [market(i) for i in range(8)]
+    async def go():
+        async with make_runner(fake, cycle={"chunk_size": 8, "batch_concurrency": 1}) as r:
+            return await r.run_cycle(reqs), r.metrics.value("tsfm_batch_splits_total")
+    out, splits = run(go())
+    assert fake.stats.series_per_request == [8, 4, 4] and splits == 1
+    assert all(not o.meta.fallback_used for o in out)
+
+
+def test_one_bad_series_degrades_only_its_market(fake):
+    reqs = [market(i) for i in range(8)]
+    async def go():
+        async with make_runner(fake, cycle={"chunk_size": 8, "batch_concurrency": 1}) as r:
+            # the daemon rejects the whole batch while series m-5 is in it (a 400), as a bad series would make it do
+            orig = r.adapter.forecast
+            async def picky(series, **kw):
+                if any(s.id == "m-5" for s in series): fake.set(error_status=400)
+                try: return await orig(series, **kw)
+                finally: fake.set(error_status=None)
+            r.adapter.forecast = picky
+            return await r.run_cycle(reqs), r.breaker.state
+    out, state = run(go())
+    assert [o.meta.fallback_reason for o in out] == [None] * 5 + ["request_rejected"] + [None] * 2
+    assert state == "closed"
+
+
+@pytest.mark.parametrize("options, reason", [({"down": True}, "unavailable"), ({"wrong_shapes": "missing_series"}, "bad_response"),
+                                             ({"error_status": 429}, "rate_limited")])
+def test_cycle_never_fails_when_the_backend_does(fake, options, reason):
+    fake.set(**options)
+    reqs = [market(i) for i in range(30)]
+    async def go():
+        async with make_runner(fake, cycle={"chunk_size": 5, "batch_concurrency": 1}) as r:
+            return await r.run_cycle(reqs), r.breaker.state
+    out, state = run(go())
+    assert len(out) == 30 and all(o.meta.fallback_used for o in out)
+    assert reason in {o.meta.fallback_reason for o in out}
+    for o, q in zip(out, reqs): check_valid(o, q)
+    assert fake.stats.forecast_requests <= 5 and state == "open"           # the breaker bounds the retries
+
+
+def test_unbatched_cycle_is_the_concurrent_single_series_loop(fake):
+    reqs = [market(i) for i in range(6)]
+    async def go():
+        async with make_runner(fake) as r: return await r.run_cycle(reqs, batched=False)
+    out = run(go())
+    assert fake.stats.series_per_request == [1] * 6 and [o.market_id for o in out] == [q.market_id for q in reqs]
