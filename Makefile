@@ -70,6 +70,9 @@ lab: install ## JupyterLab on the repository
 docs: install ## render the docs from the notebooks into _docs/ (HTML, no quarto needed)
 	$(PY) .ci/render_docs.py
 
+serve: install ## the TSFM forecast service (FastAPI + uvicorn) on 127.0.0.1:8000; daemon address in configs/tsfm_runtime.yaml
+	$(BIN)/uvicorn --factory tsfm_wb.api:create_app --host 127.0.0.1 --port 8000
+
 bench: install ## benchmarks; results under reports/bench/
 	$(PY) -m tsfm_wb.bench
 
