@@ -140,6 +140,7 @@ def test_health_and_metrics(svc):
     svc.post(body(market_id="h1")); svc.post(body(market_id="h1")); svc.post(body(market_id="h2", liquidity_bucket="low"))
     h = svc.get("/health").json()
     assert (h["status"], h["backend"], h["breaker"], h["env"]) == ("ok", "up", "closed", "prod")
+    assert (h["mode"], h["rollout"], h["monitor"]) == ("tsfm", None, None)      # no rollout_config: no rollout, no monitor
     m = svc.get("/metrics")
     assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain; version=0.0.4")
     parser = pytest.importorskip("prometheus_client.parser")
@@ -167,7 +168,7 @@ def test_served_by_uvicorn_on_localhost(fake, monkeypatch):
         while not server.started and time.monotonic() < end: time.sleep(0.01)
         url = f"http://{server.config.host}:{server.config.port}"
         r = httpx.post(f"{url}/tsfm/forecast", json=body(), timeout=5)
-        assert r.status_code == 200 and r.json()["meta"]["runtime"] == "tollama"
+        assert r.status_code == 200 and r.json()["meta"]["runtime"] == "tollama" and r.json()["meta"]["served_by"] == "tsfm"
         assert httpx.get(f"{url}/health", timeout=5).json()["backend"] == "up"
     finally:
         server.should_exit = True; thread.join(10)

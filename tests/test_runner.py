@@ -85,6 +85,7 @@ def test_tsfm_answer_maps_back_to_probabilities(fake):
     req = market(1, n=400)
     check_valid(resp, req)
     assert (resp.meta.runtime, resp.meta.fallback_used, resp.meta.band_source, resp.meta.input_len) == ("tollama", False, "tsfm_raw", 288)
+    assert (resp.meta.served_by, resp.meta.phase) == ("tsfm", None)         # no rollout configured: the TSFM band, no phase
     assert resp.band(0.5) == pytest.approx([req.y[-1]] * 12, abs=1e-9)       # fake median = last value (logit space)
     assert resp.timestamps[0] == T_END + timedelta(minutes=5)
     assert any("sliced to the last 288 of 400" in w for w in resp.meta.warnings)
@@ -137,7 +138,7 @@ def test_backend_fault_gives_valid_fallback(fake, fault):
     resp, errors = run(go())
     check_valid(resp, market(2))
     assert (resp.meta.runtime, resp.meta.fallback_used, resp.meta.fallback_reason) == ("baseline", True, reason)
-    assert resp.meta.band_source == "baseline" and errors == 1
+    assert (resp.meta.band_source, resp.meta.served_by) == ("baseline", "baseline") and errors == 1
     assert any(w.startswith(f"fallback ({reason})") for w in resp.meta.warnings)
 
 

@@ -183,7 +183,7 @@ def test_each_response_rule_names_its_field(kw, loc, msg):
 def test_fallback_reasons_are_stable_strings():
     expected = {"adapter_error", "timeout", "breaker_open", "too_few_points", "low_liquidity", "data_gap",
                 "license_refused", "model_not_found", "bad_response", "rate_limited", "unavailable",
-                "request_rejected", "invalid_output"}
+                "request_rejected", "invalid_output", "rollback", "baseline_only", "shadow", "not_computed"}
     assert {r.value for r in FallbackReason} == expected
     m = ResponseMeta(runtime="baseline", model="ewma", latency_ms=0.1, input_len=5, fallback_used=True,
                      fallback_reason="breaker_open", transform=TransformSpec())

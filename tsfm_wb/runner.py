@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import time
 import uuid
@@ -28,6 +29,7 @@ from .baselines import baseline_forecast, inv_logit, logit
 from .conformal import ConformalCalibrator
 from .core import ConfigError, DataValidationError, LicenseError, StrictModel, TsfmWbError, get_logger, load_config
 from .postprocess import PostprocessSettings, load_postprocess_settings, postprocess_quantiles
+from .rollout import BandDecision, HealthMonitor, RolloutController, log_forecast
 from .schemas import (ConformalInfo, FallbackReason, ResponseMeta, TSFMForecastRequest, TSFMForecastResponse,
                              future_timestamps, pandas_freq, quantile_key)
 from .tollama import TollamaAdapter, TollamaForecast, TollamaSeries, load_tollama_config
@@ -35,10 +37,10 @@ from .tollama import TollamaAdapter, TollamaForecast, TollamaSeries, load_tollam
 # %% auto #0
 __all__ = ['DEFAULT_RUNNER_CONFIG', 'DEFAULT_MODELS_CONFIG', 'DEFAULT_RUNTIME_CONFIG', 'DEFAULT_POSTPROCESS_CONFIG',
            'LATENCY_BUCKETS_S', 'REPORTED_QUANTILES', 'METRIC_HELP', 'CACHE_KEY_EXCLUDED', 'TTE_BUCKETS',
-           'PERSISTENCE_LOGIT_SCALE', 'InputPolicy', 'CacheSettings', 'BreakerSettings', 'CycleSettings',
-           'RunnerConfig', 'load_runner_config', 'ForecastCache', 'Coalescer', 'BreakerState', 'BreakerTicket',
-           'CircuitBreaker', 'ModelEntry', 'ProdPolicy', 'ModelsRegistry', 'LicenseGuard', 'RunnerMetrics',
-           'forecast_cache_key', 'tte_bucket', 'request_segment', 'TSFMRunner', 'select_top_n']
+           'PERSISTENCE_LOGIT_SCALE', 'InputPolicy', 'CacheSettings', 'BreakerSettings', 'AdminSettings',
+           'CycleSettings', 'RunnerConfig', 'load_runner_config', 'ForecastCache', 'Coalescer', 'BreakerState',
+           'BreakerTicket', 'CircuitBreaker', 'ModelEntry', 'ProdPolicy', 'ModelsRegistry', 'LicenseGuard',
+           'RunnerMetrics', 'forecast_cache_key', 'tte_bucket', 'request_segment', 'TSFMRunner', 'select_top_n']
 
 # %% ../nbs/25_runner.ipynb #2a530f0e
 DEFAULT_RUNNER_CONFIG = "configs/runner.yaml"
@@ -67,6 +69,11 @@ class BreakerSettings(StrictModel):
     window_s: float = Field(60.0, gt=0)
     cooldown_s: float = Field(120.0, gt=0)
 
+class AdminSettings(StrictModel):
+    "The service's admin routes (rollback, phase): off unless `enabled`; a bearer token from `token_env` when set."
+    enabled: bool = False
+    token_env: str | None = Field("TSFM_WB_ADMIN_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # None: no token
+
 class CycleSettings(StrictModel):
     "Top-N cycle: markets per cycle, series per tollama request, requests in flight at once."
     top_n: int = Field(200, ge=1)
@@ -83,6 +90,8 @@ class RunnerConfig(StrictModel):
     runtime_config: str = DEFAULT_RUNTIME_CONFIG     # its `tollama:` section configures the adapter
     postprocess_config: str = DEFAULT_POSTPROCESS_CONFIG  # width bounds (PostprocessSettings)
     conformal_state: str | None = None               # saved ConformalCalibrator JSON; None: no adjustment
+    rollout_config: str | None = None                # configs/rollout.yaml; None: no rollout (every market TSFM), no monitor
+    admin: AdminSettings = Field(default_factory=AdminSettings)
     input: InputPolicy = Field(default_factory=InputPolicy)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
@@ -295,6 +304,11 @@ METRIC_HELP = {
     "tsfm_breaker_opened_total": "Times the circuit breaker opened.",
     "tsfm_request_latency_seconds": "Runner latency per request, cache hits included.",
     "tsfm_backend_latency_seconds": "Latency of backend calls.",
+    "tsfm_rollout_decisions_total": "Responses by the band served (tsfm, baseline) and the rollout decision's reason.",
+    "tsfm_shadow_computed_total": "Shadow evaluations: TSFM answers (fresh or cached) not served, by the runtime that answered.",
+    "tsfm_rollout_served_percent": "Share of markets whose TSFM band the current rollout phase serves.",
+    "tsfm_rollout_rollback": "1 while the rollout is rolled back (every market on the baseline band).",
+    "tsfm_backend_baseline_only": "1 while the health monitor holds the service in baseline-only mode.",
 }
 
 class _Histogram:
@@ -434,7 +448,8 @@ class TSFMRunner:
     "Async TSFM runner that never raises for backend problems: cache, coalescing, breaker, license guard, batching."
     def __init__(self, config: RunnerConfig | None = None, *, adapter: TollamaAdapter | None = None,
                  guard: LicenseGuard | None = None, calibrator: ConformalCalibrator | None = None,
-                 postprocess: PostprocessSettings | None = None, clock: Callable[[], float] = time.monotonic):
+                 postprocess: PostprocessSettings | None = None, rollout: RolloutController | None = None,
+                 health: HealthMonitor | None = None, clock: Callable[[], float] = time.monotonic):
         self.config = cfg = config or RunnerConfig()
         self.adapter = adapter or TollamaAdapter(load_tollama_config(cfg.runtime_config))
         self.guard = guard or LicenseGuard.from_yaml(cfg.models_config, cfg.env)
@@ -445,6 +460,7 @@ class TSFMRunner:
         self.metrics = RunnerMetrics(cfg.latency_window)
         self.metrics.gauge("tsfm_breaker_state", lambda: _BREAKER_CODE[self.breaker.state])
         self._coalescer = Coalescer()
+        self.rollout, self.health_monitor = _rollout_parts(self, rollout, health, clock)
 
     @classmethod
     def from_config(cls, path: str | Path = DEFAULT_RUNNER_CONFIG, **parts: Any) -> TSFMRunner:
@@ -457,6 +473,20 @@ class TSFMRunner:
     async def aclose(self) -> None:
         "Close the adapter's connections."
         await self.adapter.aclose()
+
+def _rollout_parts(self: TSFMRunner, rollout: RolloutController | None, health: HealthMonitor | None,
+                   clock: Callable[[], float]) -> tuple[RolloutController | None, HealthMonitor | None]:
+    "The rollout controller and health monitor (given, or built from `rollout_config`), with their gauges registered."
+    path = self.config.rollout_config
+    if rollout is None and path is not None: rollout = RolloutController.from_config(path)
+    if health is None and path is not None:
+        health = HealthMonitor.from_settings(self.adapter.health, rollout.config.health, clock=clock,
+                                             breaker_open=lambda: self.breaker.state is BreakerState.OPEN)
+    if rollout is not None:
+        self.metrics.gauge("tsfm_rollout_served_percent", lambda: self.rollout.phase.served_percent)
+        self.metrics.gauge("tsfm_rollout_rollback", lambda: float(self.rollout.rolled_back))
+    if health is not None: self.metrics.gauge("tsfm_backend_baseline_only", lambda: float(self.health_monitor.mode == "baseline_only"))
+    return rollout, health
 
 def _load_calibrator(path: str | None) -> ConformalCalibrator | None:
     "The saved calibrator at `path` (None when no path is configured)."
@@ -518,7 +548,8 @@ def _build(self: TSFMRunner, job: _Job, q: np.ndarray, *, runtime: str, model: s
     source = ("tsfm" if reason is None else "baseline") + ("_conformal" if ci.applied else "_raw" if reason is None else "")
     meta = ResponseMeta(runtime=runtime, model=model, version=__version__, latency_ms=0.0, input_len=len(req.y),
                         transform=req.transform, fallback_used=reason is not None, fallback_reason=reason,
-                        warnings=[*warnings, *pw, *cw], request_id=job.request.request_id, band_source=source, served_by="tsfm_wb.runner")
+                        warnings=[*warnings, *pw, *cw], request_id=job.request.request_id, band_source=source,
+                        served_by="tsfm" if reason is None else "baseline")
     return TSFMForecastResponse(market_id=req.market_id, as_of_ts=req.as_of_ts, freq=req.freq, horizon_steps=req.horizon_steps,
                                 quantiles=req.quantiles, timestamps=future_timestamps(req.last_observed_ts(), req.freq, req.horizon_steps),
                                 yhat_q=adj, yhat_q_raw=raw, conformal=ci, meta=meta)
@@ -612,6 +643,35 @@ def _tsfm_answer(self: TSFMRunner, job: _Job, q: np.ndarray, fc: TollamaForecast
     self.cache.put(job.key, resp)
     return resp
 
+# %% ../nbs/25_runner.ipynb #8f9349bb
+_NO_ROLLOUT = BandDecision("tsfm", True, None, "no_rollout")
+_flog = get_logger("runner.forecast")
+
+def _decide(self: TSFMRunner, market_id: str) -> BandDecision:
+    "The band decision for a market now: the controller's, turned to baseline_only while the monitor reports the backend unhealthy."
+    d = self.rollout.band_source_for(market_id) if self.rollout is not None else _NO_ROLLOUT
+    if d.source == "tsfm" and self.health_monitor is not None and not self.health_monitor.healthy:
+        return BandDecision("baseline", False, d.phase, "baseline_only")
+    return d
+
+def _rollout_detail(self: TSFMRunner, d: BandDecision) -> str:
+    "Why a rollout decision serves the baseline band, for the response's warnings."
+    mon, phase = self.health_monitor, self.rollout.phase if self.rollout is not None else None
+    if d.reason == "rollback": return f"rollout rolled back ({self.rollout.status()['rollback_reason']}): baseline band for every market"
+    if d.reason == "baseline_only": return f"backend unhealthy ({mon.last_error if mon else 'rollout controller'}): baseline-only mode"
+    if d.reason == "shadow": return f"phase {d.phase}: TSFM band computed for shadow evaluation, not served (outside the served {phase.served_percent:g}% cohort)"
+    return f"phase {d.phase}: market outside the computed {phase.computed_percent:g}% cohort"
+
+def _rollout_fallback(self: TSFMRunner, job: _Job, d: BandDecision) -> TSFMForecastResponse:
+    "The baseline answer a rollout decision (rollback, baseline_only, not_computed, shadow) calls for; not cached."
+    return _fallback(self, job, FallbackReason(d.reason), _rollout_detail(self, d))
+
+def _log_one(self: TSFMRunner, job: _Job, resp: TSFMForecastResponse, d: BandDecision, served: bool) -> None:
+    "One structured record of a forecast on `tsfm_wb.runner.forecast` (built only when that logger is enabled for INFO)."
+    if _flog.isEnabledFor(logging.INFO):
+        mode = self.health_monitor.mode if self.health_monitor is not None else "tsfm"
+        log_forecast(_flog, job.request, resp, phase=d.phase, served=served, rollout_reason=d.reason, mode=mode)
+
 # %% ../nbs/25_runner.ipynb #2044b368
 async def _answer_one(self: TSFMRunner, job: _Job) -> TSFMForecastResponse:
     "The answer for one job: policy fallback, breaker, backend call, or fallback after a failure."
@@ -628,28 +688,44 @@ async def _answer_one(self: TSFMRunner, job: _Job) -> TSFMForecastResponse:
     _settle(self, ticket, None)
     return _tsfm_answer(self, job, out[job.key], fc, ids[0])
 
-def _finish(self: TSFMRunner, job: _Job, resp: TSFMForecastResponse, cache_hit: bool = False) -> TSFMForecastResponse:
-    "The caller's own copy of `resp`: latency, cache flag and request id stamped; metrics counted."
-    lat, m = time.perf_counter() - job.t0, resp.meta
-    self.metrics.observe("tsfm_request_latency_seconds", lat)
-    self.metrics.inc("tsfm_responses_total", source="stale" if m.stale else "cache" if cache_hit else "baseline" if m.fallback_used else "tsfm")
-    if m.fallback_used: self.metrics.inc("tsfm_fallbacks_total", reason=m.fallback_reason.value)
-    meta = m.model_copy(update={"latency_ms": lat * 1000, "cache_hit": cache_hit or m.stale, "request_id": job.request.request_id,
-                                "warnings": list(m.warnings)})
+def _stamp(job: _Job, resp: TSFMForecastResponse, cache_hit: bool, phase: str | None) -> TSFMForecastResponse:
+    "The caller's own copy of `resp`: latency, cache flag, request id and rollout phase stamped."
+    m = resp.meta
+    meta = m.model_copy(update={"latency_ms": (time.perf_counter() - job.t0) * 1000, "cache_hit": cache_hit or m.stale,
+                                "request_id": job.request.request_id, "warnings": list(m.warnings), "phase": phase})
     copy = lambda bands: None if bands is None else {k: list(v) for k, v in bands.items()}
     return resp.model_copy(update={"meta": meta, "yhat_q": copy(resp.yhat_q), "yhat_q_raw": copy(resp.yhat_q_raw)})
+
+def _finish(self: TSFMRunner, job: _Job, resp: TSFMForecastResponse, cache_hit: bool = False,
+            decision: BandDecision = _NO_ROLLOUT) -> TSFMForecastResponse:
+    "The caller's copy of the answer `decision` serves (shadow: the TSFM answer logged, the baseline band served); counted, logged."
+    if decision.source == "tsfm" and not decision.served:
+        self.metrics.inc("tsfm_shadow_computed_total", runtime=resp.meta.runtime)
+        if not resp.meta.fallback_used:
+            _log_one(self, job, _stamp(job, resp, cache_hit, decision.phase), decision, served=False)
+            resp, cache_hit = _rollout_fallback(self, job, decision), False
+    out = _stamp(job, resp, cache_hit, decision.phase)
+    m = out.meta
+    self.metrics.observe("tsfm_request_latency_seconds", m.latency_ms / 1000)
+    self.metrics.inc("tsfm_responses_total", source="stale" if m.stale else "cache" if cache_hit else "baseline" if m.fallback_used else "tsfm")
+    if m.fallback_used: self.metrics.inc("tsfm_fallbacks_total", reason=m.fallback_reason.value)
+    if self.rollout is not None or self.health_monitor is not None:
+        self.metrics.inc("tsfm_rollout_decisions_total", served_by=m.served_by, reason=decision.reason)
+    _log_one(self, job, out, decision, served=True)
+    return out
 
 async def _forecast(self: TSFMRunner, request: TSFMForecastRequest) -> TSFMForecastResponse:
     "Forecast one market; backend problems become baseline answers with `meta.fallback_reason`, never exceptions."
     t0 = time.perf_counter()
     self.metrics.inc("tsfm_requests_total")
-    job = self._prepare(request, t0)
+    job, decision = self._prepare(request, t0), _decide(self, request.market_id)
+    if decision.source == "baseline": return _finish(self, job, _rollout_fallback(self, job, decision), decision=decision)
     hit = self.cache.get(job.key)
     if hit is not None:
-        self.metrics.inc("tsfm_cache_hits_total"); return _finish(self, job, hit, cache_hit=True)
+        self.metrics.inc("tsfm_cache_hits_total"); return _finish(self, job, hit, cache_hit=True, decision=decision)
     resp, shared = await self._coalescer.run(job.key, lambda: _answer_one(self, job))
     if shared: self.metrics.inc("tsfm_coalesced_total")
-    return _finish(self, job, resp)
+    return _finish(self, job, resp, decision=decision)
 
 TSFMRunner.forecast = _forecast
 
@@ -701,9 +777,12 @@ async def _run_cycle(self: TSFMRunner, requests: list[TSFMForecastRequest], batc
     done: dict[str, TSFMForecastResponse] = {}
     hits: set[str] = set()
     todo: dict[str, _Job] = {}
+    decisions: dict[str, BandDecision] = {}
     for j in jobs:
         if j.key in done or j.key in todo: continue
-        if (hit := self.cache.get(j.key)) is not None: done[j.key] = hit; hits.add(j.key)
+        d = decisions[j.key] = _decide(self, j.request.market_id)
+        if d.source == "baseline": done[j.key] = _rollout_fallback(self, j, d)
+        elif (hit := self.cache.get(j.key)) is not None: done[j.key] = hit; hits.add(j.key)
         elif j.policy is not None: done[j.key] = _fallback(self, j, *j.policy, cache=True)
         else: todo[j.key] = j
     groups: dict[tuple, list[_Job]] = {}
@@ -714,16 +793,18 @@ async def _run_cycle(self: TSFMRunner, requests: list[TSFMForecastRequest], batc
         async with sem: await _run_batch(self, chunk, done)
     await asyncio.gather(*(run(c) for c in chunks))
     self.metrics.inc("tsfm_cache_hits_total", sum(j.key in hits for j in jobs))
-    return [_finish(self, j, done[j.key], cache_hit=j.key in hits) for j in jobs]
+    return [_finish(self, j, done[j.key], cache_hit=j.key in hits, decision=decisions[j.key]) for j in jobs]
 
 TSFMRunner.run_cycle = _run_cycle
 
 # %% ../nbs/25_runner.ipynb #00e88d84
 async def _health(self: TSFMRunner) -> dict[str, Any]:
-    "Service health: backend probe, breaker state, environment, cache size, calibrator."
-    up, state = await self.adapter.health(), self.breaker.state
-    return {"status": "ok" if up and state is BreakerState.CLOSED else "degraded", "backend": "up" if up else "down",
-            "breaker": state.value, "env": self.config.env, "cache_entries": len(self.cache),
+    "Service health: backend probe, breaker, mode (tsfm / baseline_only), rollout and monitor status, environment."
+    up, state, mon = await self.adapter.health(), self.breaker.state, self.health_monitor
+    mode = mon.mode if mon is not None else "tsfm"
+    return {"status": "ok" if up and state is BreakerState.CLOSED and mode == "tsfm" else "degraded", "backend": "up" if up else "down",
+            "breaker": state.value, "mode": mode, "rollout": None if self.rollout is None else self.rollout.status(),
+            "monitor": None if mon is None else mon.status(), "env": self.config.env, "cache_entries": len(self.cache),
             "calibrator": self.calibrator is not None, "version": __version__}
 
 def _metrics_text(self: TSFMRunner) -> str:

@@ -88,6 +88,10 @@ class FallbackReason(StrEnum):
     UNAVAILABLE = "unavailable"              # connection refused / 503
     REQUEST_REJECTED = "request_rejected"    # backend 400 / 413 / 401: our request or credentials
     INVALID_OUTPUT = "invalid_output"        # TSFM output failed post-processing checks
+    ROLLBACK = "rollback"                    # rollout rolled back: every market gets the baseline band
+    BASELINE_ONLY = "baseline_only"          # health monitor: backend unhealthy (failed probes or open breaker)
+    SHADOW = "shadow"                        # TSFM computed for shadow evaluation, baseline band served
+    NOT_COMPUTED = "not_computed"            # market outside the rollout phase's computed cohort
 
 # %% ../nbs/20_schemas.ipynb #7ea5b9c5
 Quantile = Annotated[float, Field(strict=True, gt=0.0, lt=1.0)]
@@ -213,7 +217,8 @@ class ResponseMeta(StrictModel):
     stale: bool = Field(False, description="served from the stale-if-error cache")
     request_id: str | None = None
     band_source: Literal["tsfm_raw", "tsfm_conformal", "baseline", "baseline_conformal"] | None = None
-    served_by: str | None = None
+    served_by: str | None = Field(None, description="the band actually served: 'tsfm' or 'baseline' (set by the runner)")
+    phase: str | None = Field(None, description="rollout phase the answer was served under (None: no rollout configured)")
 
     @model_validator(mode="after")
     def _v_fallback(self) -> ResponseMeta:
