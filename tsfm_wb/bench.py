@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 import numpy as np
 import httpx
@@ -313,12 +313,19 @@ def run_bench(settings: BenchSettings | None = None, config: RunnerConfig | None
     "Synchronous `arun_bench` (for scripts; in a notebook, `await arun_bench(...)`)."
     return asyncio.run(arun_bench(settings, config))
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     "Entry point of `python -m tsfm_wb.bench` (`make bench`): run, write, print the checks."
-    report = run_bench()
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m tsfm_wb.bench", description="Runner benchmarks against the fake tollama daemon.")
+    p.add_argument("--out", default=BENCH_DIR, help="folder for runner.json and runner.md")
+    p.add_argument("--markets", type=int, default=BenchSettings().n_markets, help="markets in the top-N cycle")
+    p.add_argument("--samples", type=int, default=BenchSettings().n_samples, help="requests per latency measurement")
+    a = p.parse_args(argv)
+    settings = BenchSettings(out_dir=a.out, n_markets=a.markets, n_samples=a.samples)
+    report = run_bench(settings)
     for c in report["checks"]:
         print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['name']}: {c['value']:.3g} {c['unit']} ({c['op']} {c['target']:g})")
-    print(f"wrote {Path(BenchSettings().out_dir) / 'runner.json'} and runner.md in {report['duration_s']:.0f} s")
+    print(f"wrote {Path(settings.out_dir) / 'runner.json'} and runner.md in {report['duration_s']:.0f} s")
 
 # %% ../nbs/90_bench.ipynb #479d7569
 #| eval: false
