@@ -38,8 +38,12 @@ $(STAMP): requirements.lock setup.py settings.ini
 
 install: $(STAMP) ## create .venv (Python 3.11) with the pinned dependencies; a no-op when nothing changed
 
-run: install ## the main job: run the workbench end to end on bundled real data, print the report path
-	$(PY) -m tsfm_wb.workbench
+PROFILE ?= quick
+run: install ## the main job: quick benchmark matrix (12 spline-LSTM runs + edge gate + TSFM eval) -> reports/index.html
+	$(PY) -m tsfm_wb.matrix --config configs/matrix.yaml --profile quick
+
+matrix: install ## make matrix PROFILE=full [DASK=local|tcp://host:8786] [WORKERS=N]; resumes finished runs
+	$(PY) -m tsfm_wb.matrix --config configs/matrix.yaml --profile $(PROFILE) $(if $(DASK),--dask $(DASK)) $(if $(WORKERS),--workers $(WORKERS))
 
 export: install ## notebooks -> tsfm_wb/ (nbdev_export)
 	$(BIN)/nbdev_export
