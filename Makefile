@@ -21,7 +21,7 @@ export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 # Notebooks nbval runs top to bottom (outputs are data-dependent, hence --nbval-lax).
-NBVAL_NBS := nbs/index.ipynb nbs/01_data.ipynb nbs/02_metrics.ipynb nbs/10_spline.ipynb nbs/29a_replay.ipynb
+NBVAL_NBS := nbs/index.ipynb nbs/01_data.ipynb nbs/02_metrics.ipynb nbs/10_spline.ipynb nbs/15_eda.ipynb nbs/16_error_analysis.ipynb nbs/29a_replay.ipynb
 
 .PHONY: help install run test export check-export nbtest pytest nbval lab docs bench clean lock api-pin serve matrix
 
