@@ -19,7 +19,8 @@ from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 from nbconvert import HTMLExporter
 from nbconvert.preprocessors import TagRemovePreprocessor
-from nbdev.processors import FilterDefaults
+from nbdev.process import NBProcessor, Processor
+from nbdev.processors import FilterDefaults, clean_show_doc, exec_show_docs
 import re
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,16 +33,46 @@ def _no_eval(cell) -> bool:
     return cell.cell_type != "code" or "nbdev_export(" in cell.source or bool(_SKIP.search(cell.source))
 
 
+class _ShowDocsInShell(Processor):
+    "Run nbdev's inserted show_doc cells in the shell that already ran the notebook (not in a fresh one)."
+    def __init__(self, nb, shell: CaptureShell):
+        super().__init__(nb); self.k = shell
+
+    def __call__(self, cell):
+        if cell.cell_type == "code" and getattr(cell, "has_sd", False): self.k.cell(cell)
+
+
+class _DocProcessors(FilterDefaults):
+    """nbdev's doc processors, with show_doc run in our executed shell.
+
+    nbdev's own `exec_show_docs` re-runs every cell that imports something in a fresh shell, which fails
+    on cells that mix imports with code using earlier variables; our shell has run the whole notebook.
+    """
+    def __init__(self, shell: CaptureShell):
+        self.shell = shell
+
+    def nb_proc(self, nb):
+        procs = [p for p in self.procs() if p is not exec_show_docs]
+        procs.insert(procs.index(clean_show_doc) + 1, _ShowDocsInShell(nb, self.shell))
+        return NBProcessor(nb=nb, procs=procs)
+
+
 def _execute(src: Path) -> Path:
     "Run a notebook top to bottom in nbs/ (like nbdev_test) and save the executed copy."
     nb = read_nb(src)
     os.environ["IN_TEST"] = "1"
-    shell = CaptureShell(path=src.parent)
-    shell.run_cell("import matplotlib; matplotlib.use('Agg'); get_ipython().run_line_magic('matplotlib', 'inline')")
-    shell.run_all(nb, exc_stop=True, preproc=_no_eval)
+    cwd = os.getcwd()
+    os.chdir(src.parent)  # notebooks use paths relative to nbs/, as under nbdev_test
+    try:
+        shell = CaptureShell(path=src.parent)
+        shell.run_cell("import matplotlib; matplotlib.use('Agg'); get_ipython().run_line_magic('matplotlib', 'inline')")
+        shell.run_all(nb, exc_stop=True, preproc=_no_eval)
+        shell.run_cell("from nbdev.showdoc import show_doc")
+        _DocProcessors(shell)(nb)
+    finally:
+        os.chdir(cwd)
     dst = WORK / src.relative_to(NBS)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    FilterDefaults()(nb)
     write_nb(nb, dst)
     return dst
 
