@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import nbformat
+import yaml
 from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 from nbconvert import HTMLExporter
@@ -83,12 +84,15 @@ def _to_html(executed: Path) -> tuple[str, str]:
     for cell in nb.cells:
         if cell.cell_type == "code" and "#| echo: false" in cell.source:
             cell.metadata.setdefault("tags", []).append("hide-input")
+    front = next((yaml.safe_load(c.source.strip().strip("-")) for c in nb.cells if c.cell_type == "raw" and "title:" in c.source), {})
+    title = front.get("title") or next((c.source.split("\n")[0].lstrip("# ") for c in nb.cells
+                                        if c.cell_type == "markdown" and c.source.startswith("# ")), executed.stem)
+    desc = front.get("description", "")
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n> {desc}" if desc else f"# {title}")] + \
+               [c for c in nb.cells if c.cell_type != "raw"]  # quarto front matter becomes a visible title
     exporter = HTMLExporter(template_name="lab")
     exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"hide-input"}, enabled=True), enabled=True)
     body, _ = exporter.from_notebook_node(nb)
-    title = next((c.source.split("\n")[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# ")), executed.stem)
-    raw_title = next((c.source for c in nb.cells if c.cell_type == "raw" and "title:" in c.source), "")
-    if raw_title: title = next(l.split(":", 1)[1].strip() for l in raw_title.splitlines() if l.startswith("title:"))
     return title, body
 
 
