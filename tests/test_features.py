@@ -249,6 +249,35 @@ def test_causal_no_input_window_ending_at_t_depends_on_later_values(schema, fram
     assert checked >= 25
 
 
+def test_latest_window_equals_the_transform_window_with_the_same_end(schema, frame):
+    """transform_latest on a frame cut at t gives the input of the full window ending at t of the longer frame."""
+    p = _pipe(schema, spline=SplinePreprocessor("smoothing", max_gap=4, outlier_rule="mad"), fill_indicator=True)
+    base = p.fit(frame, TRAIN_END, VAL_END).transform(frame)
+    checked = 0
+    for i in range(0, len(base), 7):
+        t = int(base.ends[i])
+        lw = p.transform_latest(frame.iloc[: t + 1])
+        assert lw.X.shape == (1, 16, len(base.feature_names)) and lw.X.dtype == np.float32
+        assert _same(lw.X[0], base.X[i]), t
+        assert lw.input_end == base.ds[t] and np.array_equal(lw.target_ds.to_numpy(), base.target_ds[i])
+        assert lw.target_names == ["load", "price"] and lw.feature_names == base.feature_names
+        checked += 1
+    assert checked >= 15
+    last = p.transform_latest(frame)                                   # the real forecast origin: no targets after it
+    assert np.isfinite(last.X).all() and last.input_end == frame["ts"].iloc[-1]
+    assert list(last.target_ds) == list(pd.date_range(frame["ts"].iloc[-1], periods=5, freq="h")[1:])
+
+
+def test_latest_window_errors(schema, frame):
+    p = _pipe(schema).fit(frame, TRAIN_END, VAL_END)
+    with pytest.raises(DataValidationError, match="lookback = 16"):
+        p.transform_latest(frame.iloc[:10])
+    with pytest.raises(DataValidationError, match="gap longer than max_gap"):
+        p.transform_latest(frame.iloc[:61])                           # ends 6 steps into the 8-step gap of 'load'
+    with pytest.raises(NotFittedError):
+        _pipe(schema).transform_latest(frame)
+
+
 def test_json_round_trip_and_npz(schema, frame, tmp_path):
     p = _pipe(schema, scaler="minmax").fit(frame, TRAIN_END, VAL_END)
     text = p.to_json()

@@ -17,7 +17,8 @@ from tsfm_wb.data import load_dataset
 from tsfm_wb.features import MissingCovariateError
 from tsfm_wb.metrics import seasonal_scale
 from tsfm_wb.train import (
-    BASELINE_NAMES, TrainConfig, evaluate_run, forecast_frame, load_run, main, parse_config, predict, prepare_data,
+    BASELINE_NAMES, FORECAST_FILE, TrainConfig, evaluate_run, forecast_frame, forecast_latest, load_run, main, parse_config,
+    predict, prepare_data,
     run_comparison, run_experiment, walk_forward_windows, write_comparison_report,
 )
 
@@ -147,6 +148,22 @@ def test_reload_reproduces_stored_metrics(run42):
     assert set(fc.columns) == {"origin", "ds", "step", "target", "y_pred", "y_true"} and len(fc) == 4 * len(run.arrays["X"])
 
 
+def test_forecast_latest_starts_after_the_last_observation(run42):
+    """The real forecast: H steps after the frame's last timestamp, from the window ending there, in ppm."""
+    run = load_run(run42.run_dir)
+    df = prepare_data(run.config).df
+    fc = forecast_latest(run, df)
+    assert list(fc.columns) == ["ds", "step", "y", "model", "run_id"] and fc["step"].tolist() == [1, 2, 3, 4]
+    assert list(fc["ds"]) == list(pd.date_range(df["ds"].iloc[-1], periods=5, freq="W-SAT")[1:])
+    assert np.isfinite(fc["y"]).all() and 300 < fc["y"].min() and fc["y"].max() < 500
+    assert set(fc["model"]) == {"lstm"} and set(fc["run_id"]) == {run42.run_id}
+    cut = df.iloc[:-10]                                               # same as the stored window ending 10 steps earlier
+    i = int(np.flatnonzero(run.arrays["ends"] == len(cut) - 1)[0])
+    np.testing.assert_allclose(forecast_latest(run, cut)["y"].to_numpy(), predict(run, run.arrays["X"][i:i + 1])[0, :, 0], rtol=1e-6)
+    with pytest.raises(DataValidationError, match="lookback = 16"):
+        forecast_latest(run, df.iloc[:8])
+
+
 def test_load_run_refuses_unfinished(run42, tmp_path):
     with pytest.raises(DataValidationError, match="not a finished run"):
         load_run(tmp_path)
@@ -196,6 +213,11 @@ def test_cli_end_to_end(tmp_path):
     assert "run dir:" in out.stdout and "| model |" in out.stdout and "reloaded OK" in out.stdout
     (run_dir,) = (tmp_path / "art").iterdir()
     assert read_json(run_dir / "history.json")["epochs_run"] == 1 and not (tmp_path / "ignored").exists()
+    fc = pd.read_csv(run_dir / FORECAST_FILE, parse_dates=["ds"])          # the infer step's output
+    last = load_dataset("co2")["ds"].iloc[-1]
+    assert len(fc) == 4 and list(fc["ds"]) == [last + pd.Timedelta(weeks=k) for k in range(1, 5)]
+    assert np.isfinite(fc["y"]).all() and 300 < fc["y"].min() and fc["y"].max() < 500     # ppm, not scaled units
+    assert "forecast after the last observation" in out.stdout and str(run_dir / FORECAST_FILE) in out.stdout
 
 
 def test_cli_errors_exit_nonzero(tmp_path, capsys):

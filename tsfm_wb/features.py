@@ -15,7 +15,7 @@ import pandas as pd
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .core import ConfigError, DataValidationError, StrictModel, _format_validation_error
-from .data import infer_freq, parse_freq
+from .data import infer_freq, parse_freq, to_pandas_freq
 from .spline import NotFittedError, SplinePreprocessor, SplineResult, regular_grid
 
 # %% auto #0
@@ -24,7 +24,7 @@ __all__ = ['SCHEMA_VERSION', 'SCALER_KINDS', 'MISSING_COVARIATE_EXIT_CODE', 'CAL
            'load_covariate_schema', 'MissingCovariateError', 'validate_frame_against_schema', 'default_calendar_cycles',
            'calendar_features', 'IdentityScaler', 'StandardScaler', 'MinMaxScaler', 'scaler_from_dict', 'ColumnScaler',
            'window_end_indices', 'check_window_shapes', 'make_windows', 'unflatten_targets', 'time_split_points',
-           'split_by_time', 'WindowedData', 'FeaturePipeline']
+           'split_by_time', 'WindowedData', 'FeaturePipeline', 'LatestWindow']
 
 # %% ../nbs/11_features.ipynb #4609a2ae
 SCHEMA_VERSION = "phase5.v1"
@@ -468,20 +468,31 @@ def _fp_fit(self: FeaturePipeline, df: pd.DataFrame, train_end: Any, val_end: An
 FeaturePipeline.fit = _fp_fit
 
 # %% ../nbs/11_features.ipynb #58a8d6a1
-def _fp_transform(self: FeaturePipeline, df: pd.DataFrame) -> WindowedData:
-    "Scaled causal windows of `df` (fitted layout, scalers and splines)."
-    self._check(); f, L, H = self.fitted_, self.lookback, self.horizon
+def _scaled_base(self: FeaturePipeline, df: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray, dict[str, SplineResult]]:
+    "Grid, matrix in original units, scaled matrix (covariate NaN -> 0: 'ffill_then_zero'), target filled flags, input results."
+    self._check(); tidx = np.asarray(self.fitted_["target_indices"])
     grid, M, tfilled, inputs = _base_matrix(self, df)
-    S = self.scaler_.transform(M); tidx = np.asarray(f["target_indices"])
-    cov = np.setdiff1d(np.arange(S.shape[1]), tidx); S[:, cov] = np.nan_to_num(S[:, cov], nan=0.0)   # 'ffill_then_zero'
-    ends = window_end_indices(len(grid), L, H, self.stride)
-    X, y = make_windows(S, tidx, L, H, self.stride)
-    bad = np.isnan(y).any(axis=1)
+    S = self.scaler_.transform(M)
+    cov = np.setdiff1d(np.arange(S.shape[1]), tidx); S[:, cov] = np.nan_to_num(S[:, cov], nan=0.0)
+    return grid, M, S, tfilled, inputs
+
+def _causal_targets(self: FeaturePipeline, X: np.ndarray, inputs: dict[str, SplineResult], ends: np.ndarray) -> np.ndarray:
+    "Rebuild the target (and fill-indicator) channels of windows X ending at `ends` causally, in place; True where a window touches a masked point."
+    f, tidx, bad = self.fitted_, np.asarray(self.fitted_["target_indices"]), np.zeros(len(ends), bool)
     for j, c in enumerate(self.schema.target_cols):
-        V, Fl, Mk = self.splines_[c].causal_windows(inputs[c], ends, L)
+        V, Fl, Mk = self.splines_[c].causal_windows(inputs[c], ends, self.lookback)
         X[:, :, tidx[j]] = (V - self.scaler_.shift_[tidx[j]]) / self.scaler_.scale_[tidx[j]]
         if self.fill_indicator: X[:, :, f["feature_names"].index(f"{c}__filled")] = Fl
         bad |= Mk.any(axis=1)
+    return bad
+
+def _fp_transform(self: FeaturePipeline, df: pd.DataFrame) -> WindowedData:
+    "Scaled causal windows of `df` (fitted layout, scalers and splines)."
+    grid, M, S, tfilled, inputs = _scaled_base(self, df)
+    f, L, H, tidx = self.fitted_, self.lookback, self.horizon, np.asarray(self.fitted_["target_indices"])
+    ends = window_end_indices(len(grid), L, H, self.stride)
+    X, y = make_windows(S, tidx, L, H, self.stride)
+    bad = np.isnan(y).any(axis=1) | _causal_targets(self, X, inputs, ends)
     keep = np.flatnonzero(~bad)
     if len(keep) == 0: raise DataValidationError(f"no complete window: every window of lookback {L} + horizon {H} touches a gap longer than max_gap; raise max_gap or lower lookback/horizon")
     Fw = make_windows(tfilled.astype(float), np.arange(len(tidx)), L, H, self.stride)[1] > 0
@@ -538,3 +549,33 @@ def _fp_meta(self: FeaturePipeline) -> dict[str, Any]:
             "static_embedding_dims": {c.name: c.dim for c in self.schema.static_covariates if c.encoding == "embedding"}}
 
 FeaturePipeline.to_json, FeaturePipeline.from_json, FeaturePipeline.meta = _fp_to_json, classmethod(_fp_from_json), _fp_meta
+
+# %% ../nbs/11_features.ipynb #3463e783
+@dataclass
+class LatestWindow:
+    "The input window X [1, L, F_total] ending at the last grid step of a frame, and the H timestamps it forecasts."
+    X: np.ndarray                      # float32 [1, L, F_total], scaled, target channels causal
+    feature_names: list[str]           # [F_total]
+    target_indices: np.ndarray         # int [F_target]
+    input_end: pd.Timestamp            # timestamp of the last input step (the frame's last grid step)
+    target_ds: pd.DatetimeIndex        # [H] the grid steps after input_end
+
+    @property
+    def target_names(self) -> list[str]:
+        "Names of the target features, in the model output's order."
+        return [self.feature_names[i] for i in self.target_indices]
+
+def _fp_transform_latest(self: FeaturePipeline, df: pd.DataFrame) -> LatestWindow:
+    "The causal input window ending at the last grid step of `df` (no targets needed) and the H future timestamps."
+    grid, _, S, _, inputs = _scaled_base(self, df)
+    f, L, H = self.fitted_, self.lookback, self.horizon
+    if len(grid) < L: raise DataValidationError(f"the frame spans {len(grid)} grid steps but lookback = {L}: pass at least the last {L} steps of the series")
+    e = len(grid) - 1; X = S[None, e - L + 1:].copy()
+    if _causal_targets(self, X, inputs, np.array([e]))[0]:
+        raise DataValidationError(f"the last {L} steps ({grid[e - L + 1]} .. {grid[e]}) touch a target gap longer than max_gap; "
+                                  "wait for new observations, raise spline max_gap, or forecast from an earlier end (truncate the frame)")
+    future = pd.date_range(grid[e], periods=H + 1, freq=to_pandas_freq(f["freq"]), unit=grid.unit)[1:]
+    return LatestWindow(X=X.astype(np.float32), feature_names=list(f["feature_names"]), target_indices=np.asarray(f["target_indices"]),
+                        input_end=grid[e], target_ds=future)
+
+FeaturePipeline.transform_latest = _fp_transform_latest

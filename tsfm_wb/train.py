@@ -29,12 +29,12 @@ from .spline import DEFAULT_MAX_GAP, DEFAULT_METHOD, DEFAULT_OUTLIER_Z, SplinePr
 
 # %% auto #0
 __all__ = ['DEFAULT_EPOCHS', 'DEFAULT_BATCH_SIZE', 'DEFAULT_PATIENCE', 'DEFAULT_SEED', 'DEFAULT_ARTIFACTS', 'DEFAULT_REPORT_DIR',
-           'BASELINE_NAMES', 'EVAL_METRICS', 'HORIZON_METRICS', 'PREDICT_BATCH', 'SplitFractions', 'SplineOptions',
-           'TrainConfig', 'parse_config', 'set_determinism', 'resolve_schema', 'load_frame', 'check_frame',
-           'PreparedData', 'prepare_data', 'train_model', 'walk_forward_windows', 'predict_scaled', 'forecasts',
-           'observed_targets', 'score', 'evaluate_arrays', 'processed_arrays', 'RunResult', 'run_experiment',
-           'LoadedRun', 'load_run', 'evaluate_run', 'predict', 'forecast_frame', 'run_comparison',
-           'write_comparison_report', 'format_metrics', 'main']
+           'BASELINE_NAMES', 'EVAL_METRICS', 'HORIZON_METRICS', 'PREDICT_BATCH', 'FORECAST_FILE', 'SplitFractions',
+           'SplineOptions', 'TrainConfig', 'parse_config', 'set_determinism', 'resolve_schema', 'load_frame',
+           'check_frame', 'PreparedData', 'prepare_data', 'train_model', 'walk_forward_windows', 'predict_scaled',
+           'forecasts', 'observed_targets', 'score', 'evaluate_arrays', 'processed_arrays', 'RunResult',
+           'run_experiment', 'LoadedRun', 'load_run', 'evaluate_run', 'predict', 'forecast_frame', 'forecast_latest',
+           'run_comparison', 'write_comparison_report', 'format_metrics', 'main']
 
 # %% ../nbs/13_train.ipynb #f12dc994
 DEFAULT_EPOCHS = 50
@@ -47,6 +47,7 @@ BASELINE_NAMES = ("naive", "seasonal_naive", "moving_average")
 EVAL_METRICS = ("mae", "mse", "rmse", "mape", "smape", "mase", "r2")
 HORIZON_METRICS = ("mae", "rmse", "mase")
 PREDICT_BATCH = 1024
+FORECAST_FILE = "forecast.csv"                          # written into the run folder by the CLI's infer step
 
 class SplitFractions(StrictModel):
     "Chronological train / validation / test fractions of the rows; they must sum to 1."
@@ -426,6 +427,17 @@ def forecast_frame(run: LoadedRun, df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"origin": wd.ds[wd.ends[b.ravel()] + 1], "ds": wd.target_ds[b.ravel(), h.ravel()], "step": h.ravel() + 1,
                          "target": np.asarray(wd.target_names)[j.ravel()], "y_pred": p.ravel(), "y_true": y.ravel()})
 
+# %% ../nbs/13_train.ipynb #f83237e1
+def forecast_latest(run: LoadedRun, df: pd.DataFrame) -> pd.DataFrame:
+    "Forecast of the H grid steps after the last timestamp of raw frame `df`: ds, step, one column per target (original units), model, run_id."
+    lw = run.pipeline.transform_latest(df)
+    p = predict(run, lw.X)[0]                                                            # [H, F_target]
+    if not np.isfinite(p).all(): raise ModelError(f"{run.run_dir}: the forecast is not finite; check the checkpoint and the input frame")
+    clash = {"ds", "step", "model", "run_id"} & set(lw.target_names)
+    if clash: raise DataValidationError(f"target column(s) {sorted(clash)} clash with forecast table columns; rename them in the covariate schema")
+    out = pd.DataFrame({"ds": lw.target_ds, "step": np.arange(1, len(lw.target_ds) + 1), **{n: p[:, j] for j, n in enumerate(lw.target_names)}})
+    return out.assign(model=run.config.model_type, run_id=str(run.metrics["run_id"]))
+
 # %% ../nbs/13_train.ipynb #a2040e33
 def run_comparison(config: TrainConfig | dict | str | Path, model_types: Sequence[str] | None = None,
                    seeds: Sequence[int] | None = None, **overrides: Any) -> list[RunResult]:
@@ -512,13 +524,14 @@ def format_metrics(metrics: dict[str, Any], part: str = "test") -> str:
     return _md_table(df)
 
 def _infer(run_dir: Path) -> str:
-    "Reload a run, check it reproduces its metrics, and describe its last test forecast."
+    "Reload a run, check it reproduces its metrics, forecast past the raw data's last timestamp into forecast.csv; a summary."
     run = load_run(run_dir)
     if evaluate_run(run)["test"] != run.metrics["test"]: raise ModelError(f"{run_dir}: reloaded run does not reproduce metrics.json")
-    i = int(walk_forward_windows(run.arrays, "test", run.config)[-1])
-    p = predict(run, run.arrays["X"][i:i + 1])[0, :, 0]
-    origin = pd.Timestamp(int(run.arrays["target_ds"][i, 0]))
-    return f"reloaded OK; last test forecast from {origin.date()}: " + ", ".join(f"{v:.4g}" for v in p)
+    df = load_frame(run.config, run.pipeline.schema)
+    fc = forecast_latest(run, df)
+    path = atomic_write_text(Path(run_dir) / FORECAST_FILE, fc.to_csv(index=False))
+    last = pd.Timestamp(df[run.pipeline.schema.timestamp_col].iloc[-1])
+    return f"reloaded OK (metrics reproduced); forecast after the last observation ({last}) -> {path}\n{_md_table(fc)}"
 
 def _parser() -> argparse.ArgumentParser:
     "The CLI's argument parser."
