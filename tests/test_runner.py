@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tsfm_wb.conformal import ConformalCalibrator, ConformalRecord
 from tsfm_wb.core import ConfigError
 from tsfm_wb.fake_tollama import FakeTollama
 from tsfm_wb.postprocess import PostprocessSettings
@@ -55,10 +56,11 @@ def market(i: int, n: int = 64, **kw: Any) -> TSFMForecastRequest:
 
 
 def make_runner(fake: FakeTollama, clock: Clock | None = None, env: str = "prod", deadline_s: float = 1.0,
-                max_retries: int = 0, **cfg: Any) -> TSFMRunner:
+                max_retries: int = 0, calibrator: ConformalCalibrator | None = None, feed_calibrator: bool | None = None,
+                **cfg: Any) -> TSFMRunner:
     adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=deadline_s, max_retries=max_retries, backoff_base_s=0.01))
     return TSFMRunner(RunnerConfig(env=env, **cfg), adapter=adapter, guard=LicenseGuard(REGISTRY, env), postprocess=PP,
-                      clock=clock or Clock())
+                      clock=clock or Clock(), calibrator=calibrator, feed_calibrator=feed_calibrator)
 
 
 def check_valid(resp: TSFMForecastResponse, req: TSFMForecastRequest) -> None:
@@ -89,7 +91,7 @@ def test_tsfm_answer_maps_back_to_probabilities(fake):
     assert resp.band(0.5) == pytest.approx([req.y[-1]] * 12, abs=1e-9)       # fake median = last value (logit space)
     assert resp.timestamps[0] == T_END + timedelta(minutes=5)
     assert any("sliced to the last 288 of 400" in w for w in resp.meta.warnings)
-    assert resp.conformal.applied is False and "no calibrator" in resp.conformal.reason
+    assert resp.conformal.applied is False and "fewer than 500" in resp.conformal.reason   # online calibrator, still empty
     assert fake.stats.forecast_requests == 1 and fake.stats.series == 1
 
 
@@ -98,6 +100,7 @@ def test_repo_configs_hold_the_documented_defaults(monkeypatch):
     cfg = load_runner_config("configs/runner.yaml")
     assert (cfg.env, cfg.input.input_len_steps, cfg.input.min_points, cfg.input.max_gap_minutes) == ("prod", 288, 32, 60)
     assert (cfg.cache.ttl_s, cfg.cache.stale_if_error_s, cfg.breaker.failures, cfg.breaker.cooldown_s, cfg.cycle.top_n) == (60, 120, 5, 120, 200)
+    assert (cfg.conformal_state, cfg.conformal_online, cfg.conformal_state_save, cfg.conformal_feed.band) == (None, True, None, (0.1, 0.9))
     guard = LicenseGuard.from_yaml(cfg.models_config, cfg.env)
     research_only = [m for m, e in guard.registry.models.items() if e.research_only]
     assert research_only and not set(research_only) & set(guard.registry.prod.allowed_models)
@@ -391,3 +394,116 @@ def test_unbatched_cycle_is_the_concurrent_single_series_loop(fake):
         async with make_runner(fake) as r: return await r.run_cycle(reqs, batched=False)
     out = run(go())
     assert fake.stats.series_per_request == [1] * 6 and [o.market_id for o in out] == [q.market_id for q in reqs]
+
+
+# --- online conformal feed ------------------------------------------------------------------------------------
+
+STEP = 300.0   # 5 minutes
+
+
+def advancing(k: int, n: int = 64, missing: frozenset[int] = frozenset(), **kw: Any) -> TSFMForecastRequest:
+    """Market m-adv at request k: one value per 5 minutes up to T_END + 5k min, without the grid points in `missing`."""
+    idx = [i for i in range(k - n + 1, k + 1) if i not in missing]
+    y = [round(0.5 + 0.25 * np.sin(i / 6) + 0.1 * np.sin(i * 1.7), 5) for i in idx]
+    fields = {"market_id": "m-adv", "as_of_ts": T_END + timedelta(minutes=5 * k), "y": y, "horizon_steps": 4,
+              "y_ts": [T_END + timedelta(minutes=5 * i) for i in idx], "liquidity_bucket": "high", **kw}
+    return TSFMForecastRequest(**fields)
+
+
+class RecordingCalibrator(ConformalCalibrator):
+    """A calibrator that keeps every record it is fed."""
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw); self.seen: list[ConformalRecord] = []
+    def update(self, records):
+        recs = list(records); self.seen.extend(recs); return super().update(recs)
+
+
+def test_online_feed_scores_each_step_once_and_never_against_its_own_input(fake):
+    missing, ks = frozenset({6}), [k for k in range(12) if k != 6]       # the value at T_END + 30 min never arrives
+    cal = RecordingCalibrator(min_samples=10**6)
+    async def go():
+        async with make_runner(fake, feed_calibrator=True, calibrator=cal) as r:
+            counts = []
+            for k in ks:
+                before = r.metrics.value("tsfm_conformal_outcomes_total")
+                await r.forecast(advancing(k, missing=missing))
+                await r.forecast(advancing(k, missing=missing, as_of_ts=T_END + timedelta(minutes=5 * k + 2)))  # same data, later
+                counts.append(r.metrics.value("tsfm_conformal_outcomes_total") - before)
+            return counts, r.metrics_text()
+    counts, text = run(go())
+    issued = set(ks)
+    expected = {(j, h) for j in issued for h in range(1, 5) if j + h <= ks[-1] and j + h not in missing}
+    assert counts == [sum(1 for j, h in expected if j + h == k) for k in ks]
+    assert len(cal.seen) == len(expected) and f"tsfm_conformal_outcomes_total {len(expected)}" in text
+    got = set()
+    for rec in cal.seen:
+        j = round((rec.issued_at - T_END.timestamp()) / STEP)            # the request that issued it (as_of = T_END + 5j min)
+        last_input = T_END.timestamp() + STEP * j
+        assert rec.realized_at > last_input and rec.realized_at > rec.issued_at   # never a value of its own input
+        assert rec.realized_at == pytest.approx(last_input + STEP * rec.step)
+        i = round((rec.realized_at - T_END.timestamp()) / STEP)
+        assert rec.y == advancing(i, missing=missing).y[-1] and rec.segment == {"liquidity_bucket": "high"}
+        got.add((j, rec.step))
+    assert got == expected                                               # each step of each forecast once
+
+
+def _conformal_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "conformal.yaml"
+    path.write_text("min_samples: 5\nsegment_keys: [liquidity_bucket]\nrefresh_s: 0\nmethod: aci\n")
+    return path
+
+
+def test_online_calibrator_starts_unadjusted_then_applies_and_round_trips(fake, tmp_path):
+    save = tmp_path / "state" / "conformal_state.json"
+    cfg = {"conformal_config": str(_conformal_yaml(tmp_path)), "conformal_state": str(save), "conformal_state_save": str(save),
+           "conformal_feed": {"save_every": 3}}
+    async def go():
+        async with make_runner(fake, **cfg) as r:                         # first start: the state file does not exist yet
+            out = [await r.forecast(advancing(k)) for k in range(12)]
+            saved_mid_run = save.is_file()
+            return out, saved_mid_run, r.calibrator.to_dict(), r.metrics_text()
+    out, saved_mid_run, state, text = run(go())
+    first, last = out[0], out[-1]
+    assert first.conformal.applied is False and "fewer than 5" in first.conformal.reason and first.meta.band_source == "tsfm_raw"
+    assert last.conformal.applied is True and last.meta.band_source == "tsfm_conformal" and last.conformal.n_samples == 8
+    assert last.yhat_q != last.yhat_q_raw and last.yhat_q["0.5"] == last.yhat_q_raw["0.5"]
+    check_valid(last, advancing(11))
+    outcomes = sum(min(k, 4) for k in range(12))
+    assert f"tsfm_conformal_outcomes_total {outcomes}" in text and f"tsfm_conformal_samples {outcomes}" in text
+    assert saved_mid_run                                                  # every save_every updates, not only on close
+    assert ConformalCalibrator.load(save).to_dict() == state              # aclose saved the final state
+    async def resume():
+        async with make_runner(fake, **cfg) as r: return r.calibrator.to_dict(), await r.forecast(advancing(12))
+    resumed, nxt = run(resume())
+    assert resumed == state and nxt.conformal.applied is True
+
+
+def test_online_feed_off_and_other_quantile_pairs_are_not_calibrated(fake, tmp_path):
+    async def go():
+        async with make_runner(fake, conformal_online=False) as off:
+            a = await off.forecast(advancing(0))
+            feed_off = off.conformal_feed
+        async with make_runner(fake, conformal_config=str(_conformal_yaml(tmp_path))) as r:
+            outs = [await r.forecast(advancing(k, quantiles=[0.05, 0.5, 0.95])) for k in range(8)]
+            return a, feed_off, outs, r.conformal_feed.recorded, r.conformal_feed.pending
+    a, feed_off, outs, recorded, pending = run(go())
+    assert feed_off is None and a.conformal.applied is False and "no calibrator" in a.conformal.reason
+    assert (recorded, pending) == (0, 0)                                  # a 5-95 band is not the calibrated 10-90 pair
+    assert "not [0.05, 0.95]" in outs[-1].conformal.reason and outs[-1].yhat_q == outs[-1].yhat_q_raw
+
+
+def test_online_feed_memory_is_bounded(fake, tmp_path):
+    async def go():
+        async with make_runner(fake, conformal_config=str(_conformal_yaml(tmp_path)), conformal_feed={"max_markets": 2, "max_pending": 3}) as r:
+            for i in range(4): await r.forecast(advancing(0, market_id=f"m-{i}"))
+            books = list(r.conformal_feed._books)
+            for k in range(1, 8): await r.forecast(advancing(k, horizon_steps=12, market_id="m-3"))   # nothing resolves within 12 steps
+            return books, r.conformal_feed.pending, len(r.conformal_feed._books["m-3"].pending), r.conformal_feed.recorded
+    books, pending, m3, recorded = run(go())
+    assert books == ["m-2", "m-3"]                                        # least recently seen markets dropped
+    assert m3 == 3 and pending == 4 and recorded > 0
+
+
+def test_missing_conformal_state_is_a_config_error(fake, tmp_path):
+    with pytest.raises(ConfigError, match="conformal_state .* not found"):
+        make_runner(fake, conformal_state=str(tmp_path / "nope.json"))

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -26,21 +26,22 @@ from scipy.special import ndtri
 
 from . import __version__
 from .baselines import baseline_forecast, inv_logit, logit
-from .conformal import ConformalCalibrator
+from .conformal import ConformalCalibrator, ConformalRecord
 from .core import ConfigError, DataValidationError, LicenseError, StrictModel, TsfmWbError, get_logger, load_config
 from .postprocess import PostprocessSettings, load_postprocess_settings, postprocess_quantiles
 from .rollout import BandDecision, HealthMonitor, RolloutController, log_forecast
 from .schemas import (ConformalInfo, FallbackReason, ResponseMeta, TSFMForecastRequest, TSFMForecastResponse,
-                             future_timestamps, pandas_freq, quantile_key)
+                             freq_timedelta, future_timestamps, pandas_freq, quantile_key)
 from .tollama import TollamaAdapter, TollamaForecast, TollamaSeries, load_tollama_config
 
 # %% auto #0
 __all__ = ['DEFAULT_RUNNER_CONFIG', 'DEFAULT_MODELS_CONFIG', 'DEFAULT_RUNTIME_CONFIG', 'DEFAULT_POSTPROCESS_CONFIG',
            'LATENCY_BUCKETS_S', 'REPORTED_QUANTILES', 'METRIC_HELP', 'CACHE_KEY_EXCLUDED', 'TTE_BUCKETS',
            'PERSISTENCE_LOGIT_SCALE', 'InputPolicy', 'CacheSettings', 'BreakerSettings', 'AdminSettings',
-           'CycleSettings', 'RunnerConfig', 'load_runner_config', 'ForecastCache', 'Coalescer', 'BreakerState',
-           'BreakerTicket', 'CircuitBreaker', 'ModelEntry', 'ProdPolicy', 'ModelsRegistry', 'LicenseGuard',
-           'RunnerMetrics', 'forecast_cache_key', 'tte_bucket', 'request_segment', 'TSFMRunner', 'select_top_n']
+           'ConformalFeedSettings', 'CycleSettings', 'RunnerConfig', 'load_runner_config', 'ForecastCache', 'Coalescer',
+           'BreakerState', 'BreakerTicket', 'CircuitBreaker', 'ModelEntry', 'ProdPolicy', 'ModelsRegistry',
+           'LicenseGuard', 'RunnerMetrics', 'forecast_cache_key', 'tte_bucket', 'request_segment', 'ConformalFeed',
+           'TSFMRunner', 'select_top_n']
 
 # %% ../nbs/25_runner.ipynb #2a530f0e
 DEFAULT_RUNNER_CONFIG = "configs/runner.yaml"
@@ -74,6 +75,18 @@ class AdminSettings(StrictModel):
     enabled: bool = False
     token_env: str | None = Field("TSFM_WB_ADMIN_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # None: no token
 
+class ConformalFeedSettings(StrictModel):
+    "Online conformal feed: the calibrated band, memory bounds, and how often the state is saved."
+    band: tuple[float, float] = (0.1, 0.9)          # outer quantile pair calibrated (recorded and adjusted); others: unadjusted
+    max_markets: int = Field(5000, ge=1)             # markets with pending forecasts (least recently seen dropped first)
+    max_pending: int = Field(64, ge=1)               # pending forecasts per market (oldest dropped first)
+    save_every: int = Field(50, ge=1)                # calibrator updates between saves to conformal_state_save
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> ConformalFeedSettings:
+        if not 0 < self.band[0] < self.band[1] < 1: raise ValueError(f"band must be two quantiles 0 < lo < hi < 1, got {list(self.band)}")
+        return self
+
 class CycleSettings(StrictModel):
     "Top-N cycle: markets per cycle, series per tollama request, requests in flight at once."
     top_n: int = Field(200, ge=1)
@@ -89,7 +102,11 @@ class RunnerConfig(StrictModel):
     models_config: str = DEFAULT_MODELS_CONFIG       # license registry (LicenseGuard)
     runtime_config: str = DEFAULT_RUNTIME_CONFIG     # its `tollama:` section configures the adapter
     postprocess_config: str = DEFAULT_POSTPROCESS_CONFIG  # width bounds (PostprocessSettings)
-    conformal_state: str | None = None               # saved ConformalCalibrator JSON; None: no adjustment
+    conformal_state: str | None = None               # saved ConformalCalibrator JSON to start from
+    conformal_online: bool = True                    # feed realised outcomes to the calibrator (an empty one without a state)
+    conformal_config: str | None = None              # settings of a new calibrator (configs/conformal.yaml); None: the defaults
+    conformal_state_save: str | None = None          # persist the calibrator JSON here (atomically): on aclose, every save_every updates
+    conformal_feed: ConformalFeedSettings = Field(default_factory=ConformalFeedSettings)
     rollout_config: str | None = None                # configs/rollout.yaml; None: no rollout (every market TSFM), no monitor
     admin: AdminSettings = Field(default_factory=AdminSettings)
     input: InputPolicy = Field(default_factory=InputPolicy)
@@ -102,6 +119,8 @@ class RunnerConfig(StrictModel):
     def _min_below_len(self) -> RunnerConfig:
         if self.input.min_points > self.input.input_len_steps:
             raise ValueError(f"input.min_points ({self.input.min_points}) must not exceed input.input_len_steps ({self.input.input_len_steps})")
+        if self.conformal_state_save is not None and not self.conformal_online:
+            raise ValueError("conformal_state_save needs conformal_online: true (a calibrator that is not fed never changes)")
         return self
 
 def load_runner_config(path: str | Path = DEFAULT_RUNNER_CONFIG) -> RunnerConfig:
@@ -309,6 +328,9 @@ METRIC_HELP = {
     "tsfm_rollout_served_percent": "Share of markets whose TSFM band the current rollout phase serves.",
     "tsfm_rollout_rollback": "1 while the rollout is rolled back (every market on the baseline band).",
     "tsfm_backend_baseline_only": "1 while the health monitor holds the service in baseline-only mode.",
+    "tsfm_conformal_outcomes_total": "Out-of-sample outcomes of earlier TSFM bands fed to the conformal calibrator.",
+    "tsfm_conformal_samples": "Conformal scores the calibrator holds (all segments and steps, within its window).",
+    "tsfm_conformal_pending_forecasts": "Issued TSFM bands still waiting for realised values.",
 }
 
 class _Histogram:
@@ -422,6 +444,108 @@ def request_segment(request: TSFMForecastRequest) -> dict[str, str]:
     seg = {"liquidity_bucket": request.liquidity_bucket, "tte_bucket": tte_bucket(request.time_to_event_s), "category": request.category}
     return {k: v for k, v in seg.items() if v is not None}
 
+# %% ../nbs/25_runner.ipynb #6a74acc1
+@dataclass
+class _Issued:
+    "One issued raw TSFM band waiting for its realised values."
+    issued_at: float            # as_of_ts, epoch s
+    last_input: float           # time of the forecast's last input value, epoch s
+    targets: np.ndarray         # [H] target time of each step, epoch s
+    lo: np.ndarray              # [H] raw outer band
+    hi: np.ndarray
+    tol: float                  # half a step, s
+    segment: dict[str, str]
+    open: np.ndarray            # [H] steps still waiting
+
+@dataclass
+class _MarketBook:
+    "A market's pending forecasts and the last input time already recorded."
+    pending: deque
+    last_input: float = -math.inf
+
+def _observed(req: TSFMForecastRequest) -> tuple[np.ndarray, np.ndarray]:
+    "Observation times (y_ts, or the regular grid ending at as_of_ts the runner assumes without it) and values."
+    y = np.asarray(req.y, dtype=float)
+    if req.y_ts is not None: return _epoch(req.y_ts), y
+    step = freq_timedelta(req.freq).total_seconds()
+    return req.as_of_ts.timestamp() - step * np.arange(y.size - 1, -1, -1.0), y
+
+def _same_pair(quantiles: list[float], band: tuple[float, float]) -> bool:
+    "Whether the outer quantiles of a request are the calibrated pair."
+    return len(quantiles) >= 2 and math.isclose(quantiles[0], band[0], abs_tol=1e-9) and math.isclose(quantiles[-1], band[1], abs_tol=1e-9)
+
+# %% ../nbs/25_runner.ipynb #1238cfe6
+class ConformalFeed:
+    "Raw TSFM bands the runner issued, per market, turned into out-of-sample `ConformalRecord`s as later requests reveal the values."
+    def __init__(self, calibrator: ConformalCalibrator, settings: ConformalFeedSettings | None = None, save_path: str | Path | None = None):
+        self.calibrator, self.settings = calibrator, settings or ConformalFeedSettings()
+        self.save_path = None if save_path is None else Path(save_path)
+        self._books: OrderedDict[str, _MarketBook] = OrderedDict()
+        self.recorded, self.updates, self._unsaved = 0, 0, 0
+
+    @property
+    def pending(self) -> int:
+        "Issued forecasts still waiting for a value."
+        return sum(len(b.pending) for b in self._books.values())
+
+    def issue(self, request: TSFMForecastRequest, response: TSFMForecastResponse) -> bool:
+        "Remember the raw band of a TSFM `response` until its steps are realised; False when it is not recorded."
+        m, raw = response.meta, response.yhat_q_raw
+        if m.fallback_used or m.runtime != "tollama" or raw is None or not _same_pair(response.quantiles, self.settings.band): return False
+        last_input = request.last_observed_ts().timestamp()
+        book = self._books.get(request.market_id)
+        if book is not None and last_input <= book.last_input: return False    # same information: the same forecast again
+        if book is None:
+            if len(self._books) >= self.settings.max_markets: self._books.popitem(last=False)
+            book = self._books[request.market_id] = _MarketBook(deque(maxlen=self.settings.max_pending))
+        keys = list(raw)
+        book.pending.append(_Issued(request.as_of_ts.timestamp(), last_input, _epoch(response.timestamps), np.asarray(raw[keys[0]], float),
+                                    np.asarray(raw[keys[-1]], float), freq_timedelta(request.freq).total_seconds() / 2,
+                                    request_segment(request), np.ones(len(response.timestamps), bool)))
+        book.last_input = last_input
+        self._books.move_to_end(request.market_id)
+        return True
+
+# %% ../nbs/25_runner.ipynb #4848a84e
+def _match(f: _Issued, ts: np.ndarray, y: np.ndarray) -> list[ConformalRecord]:
+    "Records for the open steps of `f` that `(ts, y)` realise; closes them, and the steps the series has moved past."
+    idx = np.clip(np.searchsorted(ts, f.targets), 1, max(ts.size - 1, 1))
+    near = np.where(np.abs(ts[idx - 1] - f.targets) <= np.abs(ts[np.minimum(idx, ts.size - 1)] - f.targets), idx - 1, np.minimum(idx, ts.size - 1))
+    t, v = ts[near], y[near]
+    hit = f.open & (np.abs(t - f.targets) <= f.tol) & np.isfinite(v) & (t > f.last_input) & (t > f.issued_at)
+    out = [ConformalRecord(int(h) + 1, float(f.lo[h]), float(f.hi[h]), float(v[h]), f.issued_at, float(t[h]), f.segment)
+           for h in np.flatnonzero(hit)]
+    f.open &= ~(hit | (f.targets + f.tol < ts[-1]))
+    return out
+
+def _observe(self: ConformalFeed, request: TSFMForecastRequest) -> int:
+    "Score the market's pending bands against the values `request` reveals, feed the calibrator; the number of outcomes."
+    book = self._books.get(request.market_id)
+    if book is None or not book.pending: return 0
+    latest = request.last_observed_ts().timestamp()
+    due = [f for f in book.pending if latest >= f.targets[f.open].min(initial=math.inf) - f.tol]
+    if not due: return 0
+    ts, y = _observed(request)
+    records = [r for f in due for r in _match(f, ts, y)]
+    book.pending = deque((f for f in book.pending if f.open.any()), maxlen=self.settings.max_pending)
+    if not records: return 0
+    n = self.calibrator.update(records)
+    self.recorded, self.updates, self._unsaved = self.recorded + n, self.updates + 1, self._unsaved + 1
+    if self.save_path is not None and self._unsaved >= self.settings.save_every: self.save()
+    return n
+
+def _save(self: ConformalFeed) -> Path | None:
+    "Write the calibrator's state to `save_path` atomically (None without a path)."
+    if self.save_path is None: return None
+    self._unsaved = 0
+    return self.calibrator.save(self.save_path)
+
+def _n_scores(self: ConformalFeed) -> int:
+    "Scores the calibrator holds (every segment and step)."
+    return int(sum(c.s.size for c in getattr(self.calibrator, "_cells", {}).values()))
+
+ConformalFeed.observe, ConformalFeed.save, ConformalFeed.n_scores = _observe, _save, _n_scores
+
 # %% ../nbs/25_runner.ipynb #e322e292
 _log = get_logger("runner")
 
@@ -449,18 +573,20 @@ class TSFMRunner:
     def __init__(self, config: RunnerConfig | None = None, *, adapter: TollamaAdapter | None = None,
                  guard: LicenseGuard | None = None, calibrator: ConformalCalibrator | None = None,
                  postprocess: PostprocessSettings | None = None, rollout: RolloutController | None = None,
-                 health: HealthMonitor | None = None, clock: Callable[[], float] = time.monotonic):
+                 health: HealthMonitor | None = None, clock: Callable[[], float] = time.monotonic,
+                 feed_calibrator: bool | None = None):
         self.config = cfg = config or RunnerConfig()
         self.adapter = adapter or TollamaAdapter(load_tollama_config(cfg.runtime_config))
         self.guard = guard or LicenseGuard.from_yaml(cfg.models_config, cfg.env)
         self.postprocess = postprocess or load_postprocess_settings(cfg.postprocess_config)
-        self.calibrator = calibrator if calibrator is not None else _load_calibrator(cfg.conformal_state)
+        self.calibrator = calibrator if calibrator is not None else _load_calibrator(cfg)
         self.cache = ForecastCache(cfg.cache.ttl_s, cfg.cache.stale_if_error_s, cfg.cache.max_entries, clock)
         self.breaker = CircuitBreaker(cfg.breaker.failures, cfg.breaker.window_s, cfg.breaker.cooldown_s, clock)
         self.metrics = RunnerMetrics(cfg.latency_window)
         self.metrics.gauge("tsfm_breaker_state", lambda: _BREAKER_CODE[self.breaker.state])
         self._coalescer = Coalescer()
         self.rollout, self.health_monitor = _rollout_parts(self, rollout, health, clock)
+        self.conformal_feed = _conformal_feed(self, calibrator is None if feed_calibrator is None else feed_calibrator)
 
     @classmethod
     def from_config(cls, path: str | Path = DEFAULT_RUNNER_CONFIG, **parts: Any) -> TSFMRunner:
@@ -471,8 +597,10 @@ class TSFMRunner:
     async def __aexit__(self, *exc: Any) -> None: await self.aclose()
 
     async def aclose(self) -> None:
-        "Close the adapter's connections."
-        await self.adapter.aclose()
+        "Save the fed calibrator (when `conformal_state_save` is set) and close the adapter's connections."
+        try:
+            if self.conformal_feed is not None: self.conformal_feed.save()
+        finally: await self.adapter.aclose()
 
 def _rollout_parts(self: TSFMRunner, rollout: RolloutController | None, health: HealthMonitor | None,
                    clock: Callable[[], float]) -> tuple[RolloutController | None, HealthMonitor | None]:
@@ -488,11 +616,31 @@ def _rollout_parts(self: TSFMRunner, rollout: RolloutController | None, health: 
     if health is not None: self.metrics.gauge("tsfm_backend_baseline_only", lambda: float(self.health_monitor.mode == "baseline_only"))
     return rollout, health
 
-def _load_calibrator(path: str | None) -> ConformalCalibrator | None:
-    "The saved calibrator at `path` (None when no path is configured)."
-    if path is None: return None
-    if not Path(path).is_file(): raise ConfigError(f"conformal_state {path!r} not found; save a ConformalCalibrator there or set it to null")
-    return ConformalCalibrator.load(path)
+def _load_calibrator(cfg: RunnerConfig) -> ConformalCalibrator | None:
+    "The saved calibrator `conformal_state`, else an empty one when `conformal_online`, else None."
+    path = cfg.conformal_state
+    if path is not None and Path(path).is_file(): return ConformalCalibrator.load(path)
+    if path is not None and not (cfg.conformal_online and path == cfg.conformal_state_save):
+        raise ConfigError(f"conformal_state {path!r} not found; save a ConformalCalibrator there or set it to null")
+    if not cfg.conformal_online: return None
+    return ConformalCalibrator() if cfg.conformal_config is None else ConformalCalibrator.from_config(cfg.conformal_config)
+
+def _conformal_feed(self: TSFMRunner, feed: bool) -> ConformalFeed | None:
+    "The online feed of the runner's calibrator (None when it is not fed), with its metrics registered."
+    if not (feed and self.config.conformal_online and self.calibrator is not None): return None
+    out = ConformalFeed(self.calibrator, self.config.conformal_feed, self.config.conformal_state_save)
+    self.metrics.inc("tsfm_conformal_outcomes_total", 0)
+    self.metrics.gauge("tsfm_conformal_samples", out.n_scores)
+    self.metrics.gauge("tsfm_conformal_pending_forecasts", lambda: out.pending)
+    return out
+
+def _feed_outcomes(self: TSFMRunner, request: TSFMForecastRequest) -> None:
+    "Feed the calibrator the outcomes `request` reveals of earlier forecasts of its market (a failure is logged, never raised)."
+    if self.conformal_feed is None: return
+    try: n = self.conformal_feed.observe(request)
+    except Exception:  # the feed must never cost a forecast: log it (a bug or a refused record) and answer anyway
+        _log.exception("conformal feed failed", extra={"market_id": request.market_id}); return
+    if n: self.metrics.inc("tsfm_conformal_outcomes_total", n)
 
 # %% ../nbs/25_runner.ipynb #c373d976
 def _policy(self: TSFMRunner, req: TSFMForecastRequest, ts: np.ndarray | None) -> tuple[FallbackReason, str] | None:
@@ -525,8 +673,11 @@ TSFMRunner._prepare = _prepare
 # %% ../nbs/25_runner.ipynb #3d0b0ea2
 def _conformal(self: TSFMRunner, q: np.ndarray, req: TSFMForecastRequest) -> tuple[np.ndarray | None, ConformalInfo, list[str]]:
     "Conformal-adjusted copy of `q` (None when not applied), its info, and post-processing warnings."
-    if self.calibrator is None: return None, ConformalInfo(reason="no calibrator loaded (conformal_state is null)"), []
+    if self.calibrator is None: return None, ConformalInfo(reason="no calibrator loaded (conformal_state is null, conformal_online false)"), []
     if len(req.quantiles) < 2: return None, ConformalInfo(reason="needs at least two quantiles"), []
+    band = self.config.conformal_feed.band
+    if not _same_pair(req.quantiles, band):
+        return None, ConformalInfo(reason=f"calibrated for the outer pair {list(band)} (conformal_feed.band), not {[req.quantiles[0], req.quantiles[-1]]}"), []
     q_adj, info = self.calibrator.adjust(q, req.quantiles, request_segment(req), now=req.as_of_ts)
     used = [u for u in info.get("segment_used", []) if u]
     ci = ConformalInfo(applied=bool(info.get("applied")), method=info.get("method"), target_coverage=info.get("target"),
@@ -699,6 +850,7 @@ def _stamp(job: _Job, resp: TSFMForecastResponse, cache_hit: bool, phase: str | 
 def _finish(self: TSFMRunner, job: _Job, resp: TSFMForecastResponse, cache_hit: bool = False,
             decision: BandDecision = _NO_ROLLOUT) -> TSFMForecastResponse:
     "The caller's copy of the answer `decision` serves (shadow: the TSFM answer logged, the baseline band served); counted, logged."
+    if self.conformal_feed is not None: self.conformal_feed.issue(job.request, resp)
     if decision.source == "tsfm" and not decision.served:
         self.metrics.inc("tsfm_shadow_computed_total", runtime=resp.meta.runtime)
         if not resp.meta.fallback_used:
@@ -719,6 +871,7 @@ async def _forecast(self: TSFMRunner, request: TSFMForecastRequest) -> TSFMForec
     t0 = time.perf_counter()
     self.metrics.inc("tsfm_requests_total")
     job, decision = self._prepare(request, t0), _decide(self, request.market_id)
+    _feed_outcomes(self, request)
     if decision.source == "baseline": return _finish(self, job, _rollout_fallback(self, job, decision), decision=decision)
     hit = self.cache.get(job.key)
     if hit is not None:
@@ -774,6 +927,7 @@ async def _run_cycle(self: TSFMRunner, requests: list[TSFMForecastRequest], batc
     t0, cfg = time.perf_counter(), self.config.cycle
     jobs = [self._prepare(r, t0) for r in requests]
     self.metrics.inc("tsfm_requests_total", len(jobs))
+    for r in requests: _feed_outcomes(self, r)
     done: dict[str, TSFMForecastResponse] = {}
     hits: set[str] = set()
     todo: dict[str, _Job] = {}
