@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -203,17 +204,38 @@ def prepare_data(cfg: TrainConfig, df: pd.DataFrame | None = None) -> PreparedDa
     return PreparedData(df, pipe, wd, parts, observed)
 
 # %% ../nbs/13_train.ipynb #04a48cc1
+def _save_model_atomic(model: Any, path: Path) -> Path:
+    "Save a Keras model to `path` through a temporary `.keras` file and an atomic rename (no torn checkpoint)."
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    try:
+        model.save(tmp); os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+    return path
+
+def _best_checkpoint(path: Path) -> Any:
+    "A Keras callback that saves the model atomically to `path` whenever `val_loss` improves."
+    import keras
+    class _AtomicBest(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__(); self.best = np.inf
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            v = (logs or {}).get("val_loss")
+            if v is not None and np.isfinite(v) and v < self.best:
+                self.best = float(v); _save_model_atomic(self.model, path)
+    return _AtomicBest()
+
 def train_model(model: Any, data: PreparedData, cfg: TrainConfig, ckpt_dir: str | Path) -> dict[str, Any]:
     "Fit `model` on the training windows with early stopping on the validation windows; writes best/last.keras."
     import keras
     ckpt_dir = Path(ckpt_dir); ckpt_dir.mkdir(parents=True, exist_ok=True)
     X, y, tr, va = data.windows.X, data.windows.y, data.parts["train"], data.parts["val"]
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience),
-                 keras.callbacks.ModelCheckpoint(ckpt_dir / "best.keras", monitor="val_loss", save_best_only=True),
+                 _best_checkpoint(ckpt_dir / "best.keras"),
                  keras.callbacks.TerminateOnNaN()]
     h = model.fit(X[tr], y[tr], validation_data=(X[va], y[va]), epochs=cfg.epochs, batch_size=cfg.batch_size,
                   shuffle=True, verbose=cfg.verbose, callbacks=callbacks)
-    model.save(ckpt_dir / "last.keras")
+    _save_model_atomic(model, ckpt_dir / "last.keras")
     hist = {k: [float(v) for v in vals] for k, vals in h.history.items()}
     if not (ckpt_dir / "best.keras").exists() or not np.isfinite(hist["val_loss"]).any():
         raise ModelError(f"training diverged (validation loss {hist['val_loss'][-1:]}): lower hparams.learning_rate or check the data")
