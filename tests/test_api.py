@@ -143,8 +143,8 @@ def test_health_and_metrics(svc):
     assert (h["mode"], h["rollout"], h["monitor"]) == ("tsfm", None, None)      # no rollout_config: no rollout, no monitor
     m = svc.get("/metrics")
     assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain; version=0.0.4")
-    parser = pytest.importorskip("prometheus_client.parser")
-    families = {f.name: f for f in parser.text_string_to_metric_families(m.text)}
+    from prometheus_client.parser import text_string_to_metric_families   # the reference parser (pinned test dependency)
+    families = {f.name: f for f in text_string_to_metric_families(m.text)}
     assert {"tsfm_requests", "tsfm_cache_hits", "tsfm_fallbacks", "tsfm_breaker_state", "tsfm_request_latency_seconds"} <= set(families)
     low = [s for s in families["tsfm_fallbacks"].samples if s.labels.get("reason") == "low_liquidity"]
     assert low and low[0].value >= 1
@@ -233,7 +233,7 @@ def payloads(draw) -> dict:
     if brk == "model": p["model"] = {"model_name": ""}
     p["transform"] = draw(st.sampled_from([{"kind": "logit"}, {"kind": "none"}, {"kind": "logit", "eps": 1e-3}])) if brk != "transform" else {"kind": "probit"}
     if brk == "unknown_field": p["horizon"] = 12
-    return {k: v for k, v in p.items() if v is not None}
+    return {**{k: v for k, v in p.items() if v is not None}, "__break__": brk}
 
 
 FAULT_OPTIONS = [{}] * 8 + [{"error_status": 500}, {"malformed_json": True}, {"wrong_shapes": "short"}, {"error_status": 429}]
@@ -245,11 +245,14 @@ FAULT_OPTIONS = [{}] * 8 + [{"error_status": 500}, {"malformed_json": True}, {"w
 def test_random_requests_get_422_or_a_valid_bounded_forecast(svc, payload, fault):
     svc.fake.reset(**FAULT_OPTIONS[fault])
     svc.clock.t += 1000                                        # every example starts with a closed breaker and a cold cache
+    payload = dict(payload); brk = payload.pop("__break__")    # what the generator broke on purpose (None: nothing)
     content = json.dumps(payload, allow_nan=True).encode()
     try: TSFMForecastRequest.model_validate(json.loads(content)); valid = True
     except ValidationError: valid = False
     r = svc.post(content=content)
     event(f"status {r.status_code}")
+    if brk is not None:                                        # independent of the schema under test: must be refused
+        assert not valid and r.status_code == 422, f"broken field {brk!r} was accepted: {r.status_code}"
     if not valid:
         assert r.status_code == 422 and r.json()["detail"] and all(d["loc"][0] == "body" for d in r.json()["detail"])
         return
