@@ -408,8 +408,9 @@ async def _get_json(self: TollamaAdapter, path: str, timeout: float) -> Any:
 
 async def _health(self: TollamaAdapter) -> bool:
     "True when the daemon's health probe answers 200 with status ok."
-    try: return (await self._get_json(self.config.health_path, self.config.health_timeout_s)).get("status") == "ok"
-    except (TollamaError, AttributeError): return False
+    try: body = await self._get_json(self.config.health_path, self.config.health_timeout_s)
+    except TollamaError: return False
+    return isinstance(body, dict) and body.get("status") == "ok"
 
 async def _version(self: TollamaAdapter) -> str:
     "The daemon's version string (`GET /api/version`)."
