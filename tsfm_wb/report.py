@@ -24,7 +24,7 @@ from .workbench import STAGES, Section, WorkbenchContext, write_report
 # %% auto #0
 __all__ = ['COMPARISON_COLUMNS', 'SPREAD_METRICS', 'MatrixRuns', 'collect_runs', 'comparison_table', 'seed_summary',
            'spread_display', 'winners', 'short_label', 'edge_summary', 'edge_markdown', 'tsfm_tables',
-           'plot_forecast_vs_actual', 'plot_error_by_horizon', 'plot_latency', 'build_report']
+           'plot_forecast_vs_actual', 'plot_error_by_horizon', 'plot_latency', 'gate_description', 'build_report']
 
 # %% ../nbs/31_report.ipynb #7a7166da
 @dataclass
@@ -257,15 +257,29 @@ def _spline_sections(runs: MatrixRuns, ctx: WorkbenchContext, table: pd.DataFram
                     [("Mean ± sd over seeds", spread_display(summ)), ("Winners per data mode", winners(table))]),
             Section("Forecasts and errors by horizon", "", figures=figs)]
 
+_LIMIT_WORDS = {"max_abs_diff": "parity <= {:g}", "max_rmse_degradation_pct": "RMSE degradation <= {:g} %",
+                "max_p95_ms": "p95 <= {:g} ms", "max_size_mb": "size <= {:g} MB", "max_failures": "{:g} failures"}
+
+def _limits_text(th: Any) -> str:
+    "The checked limits of one `GateThresholds`, in words."
+    return ", ".join(_LIMIT_WORDS[k].format(v) for k, v in th.model_dump().items() if v is not None)
+
+def gate_description(gate: Any) -> str:
+    "The edge gate's thresholds in words, from the loaded `EdgeGateConfig` (never typed in by hand)."
+    strict = "; ".join(f"{fmt.upper()} {_limits_text(th)}" for fmt, th in gate.strict.items())
+    return (f"Document gate: {_limits_text(gate.document)}; strict targets: {strict}. "
+            f"Parity is judged in **{gate.parity_units}** units (both are in the table).")
+
 def _edge_section(runs: MatrixRuns, ctx: WorkbenchContext) -> Section:
     "The edge gate section: summary, full table, latency plot."
+    from tsfm_wb.edge import load_gate
+    gate = load_gate(runs.root / runs.config.edge_gate if runs.config.edge_gate else None)
     md = edge_markdown(runs)
     atomic_write_text(ctx.out_dir / "edge_gate.md", "# Edge gate\n\n" + md + "\n")
     summ = edge_summary(runs)
     atomic_write_text(ctx.out_dir / "edge_summary.csv", summ.to_csv(index=False))
     text = ("Every trained model exported to ONNX (tf2onnx) and TFLite (float32, unrolled recurrent layers, built-in ops) and "
-            "checked against Keras on all test windows. Document gate: parity <= 1e-3, RMSE degradation <= 2 %, p95 <= 30 ms, "
-            "size <= 10 MB, 0 failures; strict targets: ONNX parity <= 1e-5, p95 <= 2 ms, size <= 1 MB. Latency is measured while "
+            "checked against Keras on all test windows. " + gate_description(gate) + " Latency is measured while "
             "other runs may share the CPU. Files: [edge_gate.md](edge_gate.md), [edge_summary.csv](edge_summary.csv).\n\n" + md)
     n_boxes = 3 * len({(s.labels["data_mode"], s.labels["model_type"]) for s in runs.spline_specs()})
     fig, ax = plt.subplots(figsize=(8, 1 + 0.25 * n_boxes)); plot_latency(runs, ax=ax)
