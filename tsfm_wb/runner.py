@@ -329,6 +329,7 @@ METRIC_HELP = {
     "tsfm_rollout_rollback": "1 while the rollout is rolled back (every market on the baseline band).",
     "tsfm_backend_baseline_only": "1 while the health monitor holds the service in baseline-only mode.",
     "tsfm_conformal_outcomes_total": "Out-of-sample outcomes of earlier TSFM bands fed to the conformal calibrator.",
+    "tsfm_conformal_feed_errors_total": "Requests whose conformal feed step failed (logged; the forecast was still answered).",
     "tsfm_conformal_samples": "Conformal scores the calibrator holds (all segments and steps, within its window).",
     "tsfm_conformal_pending_forecasts": "Issued TSFM bands still waiting for realised values.",
 }
@@ -629,7 +630,7 @@ def _conformal_feed(self: TSFMRunner, feed: bool) -> ConformalFeed | None:
     "The online feed of the runner's calibrator (None when it is not fed), with its metrics registered."
     if not (feed and self.config.conformal_online and self.calibrator is not None): return None
     out = ConformalFeed(self.calibrator, self.config.conformal_feed, self.config.conformal_state_save)
-    self.metrics.inc("tsfm_conformal_outcomes_total", 0)
+    self.metrics.inc("tsfm_conformal_outcomes_total", 0); self.metrics.inc("tsfm_conformal_feed_errors_total", 0)
     self.metrics.gauge("tsfm_conformal_samples", out.n_scores)
     self.metrics.gauge("tsfm_conformal_pending_forecasts", lambda: out.pending)
     return out
@@ -639,7 +640,8 @@ def _feed_outcomes(self: TSFMRunner, request: TSFMForecastRequest) -> None:
     if self.conformal_feed is None: return
     try: n = self.conformal_feed.observe(request)
     except Exception:  # the feed must never cost a forecast: log it (a bug or a refused record) and answer anyway
-        _log.exception("conformal feed failed", extra={"market_id": request.market_id}); return
+        _log.exception("conformal feed failed", extra={"market_id": request.market_id})
+        self.metrics.inc("tsfm_conformal_feed_errors_total"); return
     if n: self.metrics.inc("tsfm_conformal_outcomes_total", n)
 
 # %% ../nbs/25_runner.ipynb #c373d976

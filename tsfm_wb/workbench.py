@@ -163,11 +163,12 @@ def baseline_backtests(names: Sequence[str] = tuple(BASELINE_SETUP)) -> pd.DataF
             per = []
             for uid, y in _series(name):
                 try: per.append(backtest_baseline(f, y, h, n_splits=n_splits, season=MASE_SEASON).overall)
-                except DataValidationError:  # constant training part: MASE undefined
+                except DataValidationError:  # constant training part: MASE undefined (other errors re-raise below)
                     r = backtest_baseline(f, y, h, n_splits=n_splits, metrics=("mae", "rmse", "smape"))
                     per.append({**r.overall, "mase": np.nan})
-            m = pd.DataFrame(per).mean(numeric_only=True)
-            rows.append({"dataset": name, "baseline": mname, "horizon": h, "n_series": len(per), **m.to_dict()})
+            per = pd.DataFrame(per)
+            rows.append({"dataset": name, "baseline": mname, "horizon": h, "n_series": len(per),
+                         "n_mase": int(per["mase"].notna().sum()), **per.mean(numeric_only=True).to_dict()})
     return pd.DataFrame(rows)
 
 # %% ../nbs/95_workbench.ipynb #d9f4d6e8
