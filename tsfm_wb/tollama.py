@@ -86,36 +86,34 @@ class TollamaError(BackendError):
         self.request_id: str | None = None
         self.attempts = 0
 
-class BackendTimeoutError(TollamaError):
+    def __init_subclass__(cls, reason: FallbackReason | None = None, **kw: Any):
+        "Subclasses name their fallback reason in the class statement: `class X(TollamaError, reason=...)`."
+        super().__init_subclass__(**kw)
+        if reason is not None: cls.reason = reason
+
+class BackendTimeoutError(TollamaError, reason=FallbackReason.TIMEOUT):
     "The call's deadline ran out (retries and backoff included)."
-    reason = FallbackReason.TIMEOUT
 
 class BackendHTTPError(TollamaError):
     "The daemon answered with an error status (500, 502, 504, or a 404 for an unknown route)."
 
-class BackendRequestError(BackendHTTPError):
+class BackendRequestError(BackendHTTPError, reason=FallbackReason.REQUEST_REJECTED):
     "The daemon refused our request or credentials (400, 401, 403, 413, 422): retrying cannot help."
-    reason = FallbackReason.REQUEST_REJECTED
 
-class ModelNotFoundError(BackendHTTPError):
+class ModelNotFoundError(BackendHTTPError, reason=FallbackReason.MODEL_NOT_FOUND):
     "404: the model is not installed in the daemon."
-    reason = FallbackReason.MODEL_NOT_FOUND
 
-class BackendLicenseError(BackendHTTPError, LicenseError):
+class BackendLicenseError(BackendHTTPError, LicenseError, reason=FallbackReason.LICENSE_REFUSED):
     "409: the model's license has not been accepted."
-    reason = FallbackReason.LICENSE_REFUSED
 
-class BackendRateLimitError(BackendHTTPError):
+class BackendRateLimitError(BackendHTTPError, reason=FallbackReason.RATE_LIMITED):
     "429: the daemon's rate limit."
-    reason = FallbackReason.RATE_LIMITED
 
-class BackendUnavailableError(TollamaError):
+class BackendUnavailableError(TollamaError, reason=FallbackReason.UNAVAILABLE):
     "The daemon cannot be reached (connection refused or dropped) or answered 503."
-    reason = FallbackReason.UNAVAILABLE
 
-class BackendProtocolError(TollamaError):
+class BackendProtocolError(TollamaError, reason=FallbackReason.BAD_RESPONSE):
     "The daemon answered 200 with something unusable: not JSON, wrong shapes, missing series, non-finite values."
-    reason = FallbackReason.BAD_RESPONSE
 
 # %% ../nbs/21_tollama.ipynb #fa14e8bc
 def _detail_text(detail: Any) -> str:
