@@ -27,6 +27,7 @@ from .features import CalendarSpec, CovariateSchema, FeaturePipeline, load_covar
 from .metrics import evaluate_by_horizon, evaluate_point, make_baseline, walk_forward_splits
 from .models import MODEL_REGISTRY, build_model, get_model_class, param_count, parse_hparams
 from .spline import DEFAULT_MAX_GAP, DEFAULT_METHOD, DEFAULT_OUTLIER_Z, SplinePreprocessor
+from .workbench import df_to_markdown
 
 # %% auto #0
 __all__ = ['DEFAULT_EPOCHS', 'DEFAULT_BATCH_SIZE', 'DEFAULT_PATIENCE', 'DEFAULT_SEED', 'DEFAULT_ARTIFACTS', 'DEFAULT_REPORT_DIR',
@@ -499,21 +500,9 @@ def _verdicts(table: pd.DataFrame) -> list[dict[str, Any]]:
                     "baseline_test_mase": {k: float(v) for k, v in base.items()}})
     return out
 
-def _fmt(v: Any) -> str:
-    "A table cell: blank when missing, whole numbers as ints, other floats to 4 significant digits."
-    if v is None or (isinstance(v, float) and np.isnan(v)): return ""
-    if isinstance(v, float): return str(int(v)) if v.is_integer() and abs(v) >= 10 else f"{v:.4g}"
-    return str(v)
-
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     "Rows as JSON-ready dicts (NaN -> None)."
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
-
-def _md_table(df: pd.DataFrame) -> str:
-    "A pipe-table of `df` (see `_fmt`)."
-    fmt = _fmt
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)])
 
 # %% ../nbs/13_train.ipynb #af0fd7ae
 def write_comparison_report(runs: Sequence[RunResult | str | Path], out_dir: str | Path = DEFAULT_REPORT_DIR,
@@ -530,7 +519,7 @@ def write_comparison_report(runs: Sequence[RunResult | str | Path], out_dir: str
     for v in verdicts:
         g = table[(table["dataset"] == v["dataset"]) & (table["data_mode"] == v["data_mode"])]
         yes = lambda d: "yes" if all(d[b] for b in ("naive", "seasonal_naive")) else "NO"
-        md += [f"## {v['dataset']} ({v['data_mode']})", "", _md_table(g[cols]), "",
+        md += [f"## {v['dataset']} ({v['data_mode']})", "", df_to_markdown(g[cols]), "",
                f"- chosen on validation: **{v['chosen_on_val']}** (seed {v['chosen_seed']}), test MASE {v['chosen_test_mase']:.4g}; "
                f"beats naive and seasonal naive: **{yes(v['chosen_beats'])}**",
                f"- best on test: {v['best_on_test']}, test MASE {v['best_test_mase']:.4g}; beats naive and seasonal naive: "
@@ -543,7 +532,7 @@ def write_comparison_report(runs: Sequence[RunResult | str | Path], out_dir: str
 def format_metrics(metrics: dict[str, Any], part: str = "test") -> str:
     "The model and baselines' metrics of one part as a pipe-table."
     df = pd.DataFrame(metrics[part]).T[["mase", "mae", "rmse", "smape", "r2"]].reset_index(names="method")
-    return _md_table(df)
+    return df_to_markdown(df)
 
 def _infer(run_dir: Path) -> str:
     "Reload a run, check it reproduces its metrics, forecast past the raw data's last timestamp into forecast.csv; a summary."
@@ -553,7 +542,7 @@ def _infer(run_dir: Path) -> str:
     fc = forecast_latest(run, df)
     path = atomic_write_text(Path(run_dir) / FORECAST_FILE, fc.to_csv(index=False))
     last = pd.Timestamp(df[run.pipeline.schema.timestamp_col].iloc[-1])
-    return f"reloaded OK (metrics reproduced); forecast after the last observation ({last}) -> {path}\n{_md_table(fc)}"
+    return f"reloaded OK (metrics reproduced); forecast after the last observation ({last}) -> {path}\n{df_to_markdown(fc)}"
 
 def _parser() -> argparse.ArgumentParser:
     "The CLI's argument parser."

@@ -38,8 +38,12 @@ class Section:
     seconds: float = 0.0
 
 def _fmt(v: object, floatfmt: str) -> str:
-    "Format one table cell."
-    if isinstance(v, (float, np.floating)): return "" if np.isnan(v) else format(float(v), floatfmt)
+    "One table cell: blank when missing, whole floats >= 10 as integers, other floats with `floatfmt`."
+    if v is None: return ""
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if np.isnan(v): return ""
+        return str(int(v)) if v.is_integer() and abs(v) >= 10 else format(v, floatfmt)
     return str(v).replace("|", "\\|")
 
 def df_to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False) -> str:
