@@ -21,7 +21,7 @@ export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 # Notebooks nbval runs top to bottom (outputs are data-dependent, hence --nbval-lax).
-NBVAL_NBS := nbs/index.ipynb nbs/01_data.ipynb nbs/02_metrics.ipynb nbs/10_spline.ipynb nbs/15_eda.ipynb nbs/16_error_analysis.ipynb nbs/29a_replay.ipynb
+NBVAL_NBS := nbs/index.ipynb nbs/01_data.ipynb nbs/02_metrics.ipynb nbs/lab/10_spline.ipynb nbs/lab/16_eda.ipynb nbs/lab/17_error_analysis.ipynb nbs/tsfm/41_replay.ipynb
 
 .PHONY: help install run test export check-export nbtest pytest nbval lab docs bench clean lock api-pin serve matrix
 
@@ -40,10 +40,10 @@ install: $(STAMP) ## create .venv (Python 3.11) with the pinned dependencies; a 
 
 PROFILE ?= quick
 run: install ## the main job: quick benchmark matrix (12 spline-LSTM runs + edge gate + TSFM eval) -> reports/index.html
-	$(PY) -m tsfm_wb.matrix --config configs/matrix.yaml --profile quick
+	$(PY) -m tsfm_wb.experiments.matrix --config configs/matrix.yaml --profile quick
 
 matrix: install ## make matrix PROFILE=full [DASK=local|tcp://host:8786] [WORKERS=N]; resumes finished runs
-	$(PY) -m tsfm_wb.matrix --config configs/matrix.yaml --profile $(PROFILE) $(if $(DASK),--dask $(DASK)) $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) -m tsfm_wb.experiments.matrix --config configs/matrix.yaml --profile $(PROFILE) $(if $(DASK),--dask $(DASK)) $(if $(WORKERS),--workers $(WORKERS))
 
 export: install ## notebooks -> tsfm_wb/ (nbdev_export)
 	$(BIN)/nbdev_export
@@ -75,10 +75,10 @@ docs: install ## render the docs from the notebooks into _docs/ (HTML, no quarto
 	$(PY) .ci/render_docs.py
 
 serve: install ## the TSFM forecast service (FastAPI + uvicorn) on 127.0.0.1:8000; daemon address in configs/tsfm_runtime.yaml
-	$(BIN)/uvicorn --factory tsfm_wb.api:create_app --host 127.0.0.1 --port 8000
+	$(BIN)/uvicorn --factory tsfm_wb.tsfm.api:create_app --host 127.0.0.1 --port 8000
 
 bench: install ## benchmarks; results under reports/bench/
-	$(PY) -m tsfm_wb.bench
+	$(PY) -m tsfm_wb.experiments.bench
 
 lock: ## re-resolve requirements.in into requirements.lock (needs the registries)
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv && .lockvenv/bin/pip install -q -r requirements.in

@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tsfm_wb.alerts import (ANY_SOURCE, BAND_COLUMNS, BAND_SOURCES, AlertSettings, BreachEvent, Rate, bands_from_baseline,
+from tsfm_wb.tsfm.alerts import (ANY_SOURCE, BAND_COLUMNS, BAND_SOURCES, AlertSettings, BreachEvent, Rate, bands_from_baseline,
                             bands_from_responses, breach_rate, compare_band_sources, detect_breaches, follow_through,
                             follow_through_rate, load_alert_settings, offline_band_frames)
-from tsfm_wb.baselines import baseline_forecast
+from tsfm_wb.tsfm.baselines import baseline_forecast
 from tsfm_wb.core import ConfigError, DataValidationError
 from tsfm_wb.data import load_dataset, simulate_markets
-from tsfm_wb.evaluation import baseline_quantiles
-from tsfm_wb.schemas import ResponseMeta, TSFMForecastResponse
+from tsfm_wb.tsfm.evaluation import baseline_quantiles
+from tsfm_wb.tsfm.schemas import ResponseMeta, TSFMForecastResponse
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 2, 20, 12, tzinfo=timezone.utc)

@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import tsfm_wb.api as api
-from tsfm_wb.api import create_app, error_status
+import tsfm_wb.tsfm.api as api
+from tsfm_wb.tsfm.api import create_app, error_status
 from tsfm_wb.core import ConfigError, DataValidationError, LicenseError, TsfmWbError
-from tsfm_wb.fake_tollama import FakeTollama
-from tsfm_wb.postprocess import PostprocessSettings
-from tsfm_wb.runner import LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner
-from tsfm_wb.schemas import TSFMForecastRequest, TSFMForecastResponse
-from tsfm_wb.tollama import TollamaAdapter, TollamaConfig
+from tsfm_wb.tsfm.fake_tollama import FakeTollama
+from tsfm_wb.tsfm.postprocess import PostprocessSettings
+from tsfm_wb.tsfm.runner import LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner
+from tsfm_wb.tsfm.schemas import TSFMForecastRequest, TSFMForecastResponse
+from tsfm_wb.tsfm.tollama import TollamaAdapter, TollamaConfig
 
 REPO = Path(__file__).resolve().parent.parent
 T_END = datetime(2026, 2, 20, 12, tzinfo=timezone.utc)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tsfm_wb.baselines import (BASELINES, CHAIN, BaselineUnsupportedError, baseline_forecast, ewma_forecast,
+from tsfm_wb.tsfm.baselines import (BASELINES, CHAIN, BaselineUnsupportedError, baseline_forecast, ewma_forecast,
                                inv_logit, kalman_forecast, logit, rolling_quantile_forecast)
 from tsfm_wb.core import ConfigError, DataValidationError
 

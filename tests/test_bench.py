@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tsfm_wb.bench import BenchSettings, evaluate_targets, run_bench
-from tsfm_wb.runner import RunnerConfig
+from tsfm_wb.experiments.bench import BenchSettings, evaluate_targets, run_bench
+from tsfm_wb.tsfm.runner import RunnerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,6 @@ def test_small_bench_writes_a_complete_report(tmp_path, monkeypatch):
 
 
 def test_importing_the_module_runs_nothing():
-    out = subprocess.run([sys.executable, "-c", "import tsfm_wb.bench; print('imported')"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", "import tsfm_wb.experiments.bench; print('imported')"], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "imported"

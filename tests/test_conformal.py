@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from tsfm_wb.baselines import inv_logit, logit
-from tsfm_wb.conformal import (GLOBAL, ConformalCalibrator, ConformalRecord, ConformalSettings, conformal_quantile,
+from tsfm_wb.tsfm.baselines import inv_logit, logit
+from tsfm_wb.tsfm.conformal import (GLOBAL, ConformalCalibrator, ConformalRecord, ConformalSettings, conformal_quantile,
                                conformal_replay, conformity_scores, load_conformal_settings, segment_levels)
 from tsfm_wb.core import ConfigError, DataValidationError
 

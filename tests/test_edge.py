@@ -1,4 +1,4 @@
-"""tsfm_wb.edge: ONNX/TFLite export parity for every registered model, the parity report, the gate and its config."""
+"""tsfm_wb.lab.edge: ONNX/TFLite export parity for every registered model, the parity report, the gate and its config."""
 import json
 from pathlib import Path
 
@@ -9,10 +9,10 @@ import pytest
 from conftest import REPO_ROOT
 
 from tsfm_wb.core import ConfigError, DataValidationError
-from tsfm_wb.edge import (EDGE_DIR, FORMATS, MIN_LATENCY_RUNS, PARITY_FILE, EdgeGateConfig, ExportError, OnnxPredictor,
+from tsfm_wb.lab.edge import (EDGE_DIR, FORMATS, MIN_LATENCY_RUNS, PARITY_FILE, EdgeGateConfig, ExportError, OnnxPredictor,
                           TFLitePredictor, edge_gate, evaluate_gate, export_onnx, export_tflite, gate_table, load_gate,
                           gate_run, measure_latency, parity_report, write_parity)
-from tsfm_wb.models import MODEL_REGISTRY, build_model
+from tsfm_wb.lab.models import MODEL_REGISTRY, build_model
 
 LOOKBACK, N_FEATURES, HORIZON, N_TARGETS = 8, 3, 2, 2
 N_OUT = HORIZON * N_TARGETS
@@ -252,7 +252,7 @@ def test_edge_gate_writes_exports_and_parity(tmp_path, windows, targets):
 
 def test_gate_run_on_a_real_training_run(tmp_path):
     from tsfm_wb.core import load_npz
-    from tsfm_wb.train import run_experiment
+    from tsfm_wb.lab.train import run_experiment
     res = run_experiment(REPO_ROOT / "configs" / "train_co2_quick.yaml", artifacts_dir=str(tmp_path))   # real co2, 2 epochs
     rep = gate_run(res.run_dir, n_latency_runs=MIN_LATENCY_RUNS)
     arrays = load_npz(res.run_dir / "processed.npz")

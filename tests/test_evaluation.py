@@ -3,10 +3,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tsfm_wb.baselines import inv_logit, logit
+from tsfm_wb.tsfm.baselines import inv_logit, logit
 from tsfm_wb.core import DataValidationError
 from tsfm_wb.data import load_dataset, simulate_markets
-from tsfm_wb.evaluation import (BASE_BAND, SCHEMES, band_scores, evaluate_conformal, event_holdout, rolling_forecasts,
+from tsfm_wb.tsfm.evaluation import (BASE_BAND, SCHEMES, band_scores, evaluate_conformal, event_holdout, rolling_forecasts,
                                 time_split)
 from tsfm_wb.metrics import coverage, winkler_score
 

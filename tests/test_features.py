@@ -1,4 +1,4 @@
-"""tsfm_wb.features: covariate schema, calendar features, scalers, windows, and the leakage-free pipeline."""
+"""tsfm_wb.lab.features: covariate schema, calendar features, scalers, windows, and the leakage-free pipeline."""
 import json
 from pathlib import Path
 
@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tsfm_wb.core import ConfigError, DataValidationError, atomic_save_npz, load_npz
-from tsfm_wb.features import (
+from tsfm_wb.lab.features import (
     ColumnScaler, CovariateSchema, DynamicCovariate, FeaturePipeline, MinMaxScaler, MissingCovariateError,
     StandardScaler, StaticCovariate, calendar_features, check_window_shapes, load_covariate_schema,
     make_windows, scaler_from_dict, split_by_time, time_split_points, unflatten_targets,
     validate_frame_against_schema, window_end_indices,
 )
-from tsfm_wb.spline import NotFittedError, SplinePreprocessor
+from tsfm_wb.lab.spline import NotFittedError, SplinePreprocessor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "covariates"
 N = 160

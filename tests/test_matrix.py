@@ -2,7 +2,7 @@
 
 Most tests run a tiny grid of *toy* notebooks (papermill, real kernels, milliseconds of work each) that log
 every execution to a file, so re-executions are counted exactly. One test runs the real
-`nbs/experiments/train_eval.ipynb` on a tiny training config through the process pool and through a Dask
+`nbs/papermill/train_eval.ipynb` on a tiny training config through the process pool and through a Dask
 LocalCluster and compares the metrics.
 """
 import json
@@ -21,7 +21,7 @@ import yaml
 from conftest import REPO_ROOT
 
 from tsfm_wb.core import ConfigError, read_json
-from tsfm_wb.matrix import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, SPEC_FILE, expand_grid, load_matrix_config, run_matrix,
+from tsfm_wb.experiments.matrix import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, SPEC_FILE, expand_grid, load_matrix_config, run_matrix,
                             run_status)
 
 LOG = "executions.log"
@@ -112,7 +112,7 @@ def test_killed_matrix_resumes_only_missing_runs(tmp_path):
     cfg_path = _toy_repo(tmp_path)
     specs = expand_grid(cfg_path, "quick", tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "tsfm_wb.matrix", "--config", str(cfg_path), "--profile", "quick", "--workers", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "tsfm_wb.experiments.matrix", "--config", str(cfg_path), "--profile", "quick", "--workers", "1",
                              "--no-report"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
@@ -157,7 +157,7 @@ def tiny_real_repo(tmp_path_factory) -> tuple[Path, Path]:
     train = yaml.safe_load((REPO_ROOT / "configs" / "train_co2_quick.yaml").read_text())
     train.update(max_rows=400, lookback=26, epochs=2, verbose=0, covariates=str(REPO_ROOT / train["covariates"]))
     (root / "train.yaml").write_text(yaml.safe_dump(train))
-    cfg = {"name": "real", "notebooks_dir": str(REPO_ROOT / "nbs" / "experiments"), "edge_gate": None,
+    cfg = {"name": "real", "notebooks_dir": str(REPO_ROOT / "nbs" / "papermill"), "edge_gate": None,
            "spline": {"data_modes": {"univariate": str(root / "train.yaml")}, "model_types": ["lstm"], "seeds": [42], "edge": False}}
     for art in ("art_process", "art_dask"):
         (root / f"{art}.yaml").write_text(yaml.safe_dump({**cfg, "artifacts_dir": str(root / art)}))

@@ -1,9 +1,9 @@
-"""tsfm_wb.models: registry, builder contract, hyper-parameter validation, the model check, sizes and exportability."""
+"""tsfm_wb.lab.models: registry, builder contract, hyper-parameter validation, the model check, sizes and exportability."""
 import numpy as np
 import pytest
 
 from tsfm_wb.core import ModelError
-from tsfm_wb.models import (
+from tsfm_wb.lab.models import (
     MAX_EDGE_BYTES, MODEL_REGISTRY, AttentionLSTMForecaster, GRUForecaster, LSTMForecaster, build_model, check_model,
     get_model_class, model_size_bytes, param_count, param_table, parse_hparams,
 )

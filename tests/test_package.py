@@ -105,5 +105,5 @@ def test_pickle_detector_catches_each_form():
 
 def test_no_pickle_anywhere():
     """Nothing in the package may pickle or unpickle: state is JSON, npz (allow_pickle=False), .keras, ONNX."""
-    offenders = {py.name: uses for py in sorted((REPO_ROOT / "tsfm_wb").glob("*.py")) if (uses := _pickle_uses(py.read_text()))}
+    offenders = {py.name: uses for py in sorted((REPO_ROOT / "tsfm_wb").rglob("*.py")) if (uses := _pickle_uses(py.read_text()))}
     assert not offenders, offenders

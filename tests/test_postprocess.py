@@ -7,9 +7,9 @@ from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import REPO_ROOT
-from tsfm_wb.baselines import logit
+from tsfm_wb.tsfm.baselines import logit
 from tsfm_wb.core import ConfigError, DataValidationError
-from tsfm_wb.postprocess import MAX_WIDTH, MIN_WIDTH, PostprocessSettings, load_postprocess_settings, postprocess_quantiles
+from tsfm_wb.tsfm.postprocess import MAX_WIDTH, MIN_WIDTH, PostprocessSettings, load_postprocess_settings, postprocess_quantiles
 
 T3 = (0.1, 0.5, 0.9)
 TOL = 1e-9

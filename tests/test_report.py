@@ -14,8 +14,8 @@ import yaml
 from conftest import REPO_ROOT
 
 from tsfm_wb.core import TsfmWbError, read_json
-from tsfm_wb.matrix import load_matrix_config, render_report, run_matrix
-from tsfm_wb.report import COMPARISON_COLUMNS, collect_runs, comparison_table, edge_summary, seed_summary
+from tsfm_wb.experiments.matrix import load_matrix_config, render_report, run_matrix
+from tsfm_wb.experiments.report import COMPARISON_COLUMNS, collect_runs, comparison_table, edge_summary, seed_summary
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_missing_runs_are_listed_not_dropped(tiny, tmp_path):
     runs = collect_runs(other, "quick", REPO_ROOT)
     table = comparison_table(runs)
     assert len(table) == 1 and table.loc[0, "notes"] == "not run (pending)"
-    from tsfm_wb.report import build_report
+    from tsfm_wb.experiments.report import build_report
     page = build_report(other, "quick", root=REPO_ROOT)
     assert "pending" in page.read_text() and "No edge reports yet" in page.read_text()
 
@@ -82,8 +82,8 @@ def test_missing_runs_are_listed_not_dropped(tiny, tmp_path):
 def test_report_failure_names_the_cell(tiny, tmp_path):
     path, _ = tiny
     bad = yaml.safe_load(path.read_text()); bad["notebooks_dir"] = str(tmp_path)
-    (tmp_path / "report.ipynb").write_text((REPO_ROOT / "nbs" / "experiments" / "report.ipynb").read_text().replace(
-        "from tsfm_wb.report import build_report", "raise RuntimeError('broken report')"))
+    (tmp_path / "report.ipynb").write_text((REPO_ROOT / "nbs" / "papermill" / "report.ipynb").read_text().replace(
+        "from tsfm_wb.experiments.report import build_report", "raise RuntimeError('broken report')"))
     p = tmp_path / "bad.yaml"; p.write_text(yaml.safe_dump(bad))
     with pytest.raises(TsfmWbError, match="report notebook failed in cell .*RuntimeError: broken report"):
         render_report(p, "quick", root=REPO_ROOT)

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 from tsfm_wb.core import ConfigError, DataValidationError, configure_logging, get_logger
-from tsfm_wb.fake_tollama import serve_fake_tollama
-from tsfm_wb.rollout import (BandDecision, HealthMonitor, RolloutController, RolloutSettings, cohort_bucket, forecast_log_record,
+from tsfm_wb.tsfm.fake_tollama import serve_fake_tollama
+from tsfm_wb.tsfm.rollout import (BandDecision, HealthMonitor, RolloutController, RolloutSettings, cohort_bucket, forecast_log_record,
                              in_cohort, load_rollout_settings, log_forecast)
-from tsfm_wb.schemas import ResponseMeta, TSFMForecastRequest, TSFMForecastResponse, future_timestamps
-from tsfm_wb.tollama import TollamaAdapter
+from tsfm_wb.tsfm.schemas import ResponseMeta, TSFMForecastRequest, TSFMForecastResponse, future_timestamps
+from tsfm_wb.tsfm.tollama import TollamaAdapter
 
 REPO = Path(__file__).resolve().parent.parent
 MARKETS = [f"mkt-{i}" for i in range(3000)]
@@ -78,7 +78,7 @@ def test_cohorts_are_nested_and_sized():
 
 
 def test_cohorts_are_stable_across_processes():
-    code = "import json; from tsfm_wb.rollout import cohort_bucket; print(json.dumps([cohort_bucket(f'mkt-{i}') for i in range(200)]))"
+    code = "import json; from tsfm_wb.tsfm.rollout import cohort_bucket; print(json.dumps([cohort_bucket(f'mkt-{i}') for i in range(200)]))"
     seen = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout) for seed in ("1", "2")]
     here = [cohort_bucket(f"mkt-{i}") for i in range(200)]

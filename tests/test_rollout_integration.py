@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tsfm_wb.api import create_app
+from tsfm_wb.tsfm.api import create_app
 from tsfm_wb.core import ConfigError, JsonLineFormatter
-from tsfm_wb.fake_tollama import FakeTollama
-from tsfm_wb.postprocess import PostprocessSettings
-from tsfm_wb.rollout import HealthMonitor, RolloutController, RolloutSettings, in_cohort
-from tsfm_wb.runner import LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner
-from tsfm_wb.schemas import TSFMForecastResponse
-from tsfm_wb.tollama import TollamaAdapter, TollamaConfig
+from tsfm_wb.tsfm.fake_tollama import FakeTollama
+from tsfm_wb.tsfm.postprocess import PostprocessSettings
+from tsfm_wb.tsfm.rollout import HealthMonitor, RolloutController, RolloutSettings, in_cohort
+from tsfm_wb.tsfm.runner import LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner
+from tsfm_wb.tsfm.schemas import TSFMForecastResponse
+from tsfm_wb.tsfm.tollama import TollamaAdapter, TollamaConfig
 
 from test_runner import Clock, fake, market, server  # noqa: F401  (fixtures `server`, `fake`: the fake daemon, reset per test)
 

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tsfm_wb.conformal import ConformalCalibrator, ConformalRecord
+from tsfm_wb.tsfm.conformal import ConformalCalibrator, ConformalRecord
 from tsfm_wb.core import ConfigError
-from tsfm_wb.fake_tollama import FakeTollama
-from tsfm_wb.postprocess import PostprocessSettings
-from tsfm_wb.runner import (CircuitBreaker, LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner, forecast_cache_key,
+from tsfm_wb.tsfm.fake_tollama import FakeTollama
+from tsfm_wb.tsfm.postprocess import PostprocessSettings
+from tsfm_wb.tsfm.runner import (CircuitBreaker, LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner, forecast_cache_key,
                             load_runner_config)
-from tsfm_wb.schemas import TSFMForecastRequest, TSFMForecastResponse
-from tsfm_wb.tollama import TollamaAdapter, TollamaConfig
+from tsfm_wb.tsfm.schemas import TSFMForecastRequest, TSFMForecastResponse
+from tsfm_wb.tsfm.tollama import TollamaAdapter, TollamaConfig
 
 REPO = Path(__file__).resolve().parent.parent
 T_END = datetime(2026, 2, 20, 12, tzinfo=timezone.utc)

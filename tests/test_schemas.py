@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tsfm_wb.core import DataValidationError
-from tsfm_wb.schemas import (DEFAULT_QUANTILES, MAX_HORIZON_STEPS, MAX_INPUT_POINTS, ConformalInfo, FallbackReason,
+from tsfm_wb.tsfm.schemas import (DEFAULT_QUANTILES, MAX_HORIZON_STEPS, MAX_INPUT_POINTS, ConformalInfo, FallbackReason,
                              ResponseMeta, TSFMForecastRequest, TSFMForecastResponse, TransformSpec, freq_timedelta,
                              future_timestamps, pandas_freq, quantile_key)
 

@@ -1,4 +1,4 @@
-"""tsfm_wb.spline: gap filling, resampling, smoothing; fitted on train only; causal input windows."""
+"""tsfm_wb.lab.spline: gap filling, resampling, smoothing; fitted on train only; causal input windows."""
 import json
 
 import numpy as np
@@ -7,10 +7,10 @@ import pytest
 from scipy.interpolate import make_smoothing_spline
 
 from tsfm_wb.core import ConfigError, DataValidationError
-from tsfm_wb.spline import (
+from tsfm_wb.lab.spline import (
     SPLINE_METHODS, NotFittedError, SplinePreprocessor, causal_smooth, regular_grid,
 )
-from tsfm_wb.spline import _gcv_lam
+from tsfm_wb.lab.spline import _gcv_lam
 
 N = 120
 TRAIN = 80

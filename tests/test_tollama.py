@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from tsfm_wb.core import BackendError, ConfigError, DataValidationError, LicenseError
-from tsfm_wb.fake_tollama import FakeTollama, serve_fake_tollama
-from tsfm_wb.schemas import FallbackReason, TSFMForecastRequest
-from tsfm_wb.tollama import (BackendHTTPError, BackendLicenseError, BackendProtocolError, BackendRateLimitError,
+from tsfm_wb.tsfm.fake_tollama import FakeTollama, serve_fake_tollama
+from tsfm_wb.tsfm.schemas import FallbackReason, TSFMForecastRequest
+from tsfm_wb.tsfm.tollama import (BackendHTTPError, BackendLicenseError, BackendProtocolError, BackendRateLimitError,
                              BackendRequestError, BackendTimeoutError, BackendUnavailableError, ModelNotFoundError,
                              TollamaAdapter, TollamaConfig, TollamaForecast, TollamaSeries, load_tollama_config)
 

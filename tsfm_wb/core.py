@@ -18,18 +18,20 @@ import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+if TYPE_CHECKING: import pandas as pd
 
 # %% auto #0
 __all__ = ['SNAPSHOT_PACKAGES', 'TsfmWbError', 'ConfigError', 'DataValidationError', 'ModelError', 'BackendError', 'LicenseError',
            'read_yaml', 'load_config', 'StrictModel', 'seed_everything', 'config_hash', 'make_run_id',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json', 'atomic_save_npz', 'load_npz',
            'package_versions', 'repro_snapshot', 'write_snapshot', 'JsonLineFormatter', 'get_logger',
-           'configure_logging']
+           'configure_logging', 'df_to_markdown']
 
 # %% ../nbs/00_core.ipynb #98c185c7
 class TsfmWbError(Exception):
@@ -206,3 +208,21 @@ def configure_logging(level: int | str = "INFO", json_lines: bool = False, strea
     h.setFormatter(JsonLineFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(h); root.setLevel(level); root.propagate = False
     return root
+
+# %% ../nbs/00_core.ipynb #cd0tbl01
+def _fmt(v: object, floatfmt: str) -> str:
+    "One table cell: blank when missing, whole floats >= 10 as integers, other floats with `floatfmt`."
+    if v is None: return ""
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if np.isnan(v): return ""
+        return str(int(v)) if v.is_integer() and abs(v) >= 10 else format(v, floatfmt)
+    return str(v).replace("|", "\\|")
+
+def df_to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False) -> str:
+    "A GitHub-flavoured markdown table of `df`."
+    d = df.reset_index() if index else df
+    head = "| " + " | ".join(map(str, d.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in d.columns) + "|"
+    rows = ["| " + " | ".join(_fmt(v, floatfmt) for v in row) + " |" for row in d.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
