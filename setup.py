@@ -1,10 +1,11 @@
 """Minimal setuptools shim: package metadata comes from settings.ini (nbdev 2 convention)."""
 from configparser import ConfigParser
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 cfg = ConfigParser(delimiters=["="])
-cfg.read("settings.ini", encoding="utf-8")
+cfg.read(Path(__file__).with_name("settings.ini"), encoding="utf-8")
 c = cfg["DEFAULT"]
 setup(
     name=c["lib_name"],
@@ -17,5 +18,6 @@ setup(
     include_package_data=True,
     package_data={c["lib_name"]: ["bundled/*"]},
     install_requires=c["requirements"].split(),
+    extras_require={"dask": c["dask_requirements"].split(), "dev": c["dev_requirements"].split()},
     zip_safe=False,
 )
