@@ -16,22 +16,23 @@ import subprocess
 import sys
 import tempfile
 from datetime import datetime, timezone
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 if TYPE_CHECKING: import pandas as pd
 
 # %% auto #0
-__all__ = ['SNAPSHOT_PACKAGES', 'TsfmWbError', 'ConfigError', 'DataValidationError', 'ModelError', 'BackendError', 'LicenseError',
-           'read_yaml', 'load_config', 'StrictModel', 'seed_everything', 'config_hash', 'make_run_id',
+__all__ = ['CONFIG_DIR_KEY', 'ConfigPath', 'SNAPSHOT_PACKAGES', 'LOG_FORMAT_ENV', 'TsfmWbError', 'ConfigError',
+           'DataValidationError', 'ModelError', 'BackendError', 'LicenseError', 'read_yaml', 'validate_config',
+           'load_config', 'bundled_path', 'StrictModel', 'seed_everything', 'config_hash', 'make_run_id',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json', 'atomic_save_npz', 'load_npz',
            'package_versions', 'repro_snapshot', 'write_snapshot', 'JsonLineFormatter', 'get_logger',
-           'configure_logging', 'df_to_markdown']
+           'log_format_from_env', 'configure_logging', 'df_to_markdown']
 
 # %% ../nbs/00_core.ipynb #98c185c7
 class TsfmWbError(Exception):
@@ -54,6 +55,7 @@ class LicenseError(TsfmWbError):
 
 # %% ../nbs/00_core.ipynb #77053dc6
 _SchemaT = TypeVar("_SchemaT", bound=BaseModel)
+CONFIG_DIR_KEY = "config_dir"  # validation-context key: the folder of the file being validated
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:
     "One line per problem: file, dotted key, message, offending value."
@@ -74,11 +76,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict): raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
 
+def _relative_to_config(value: Any, info: ValidationInfo) -> Any:
+    "Resolve a relative path against the folder of the config file being validated (when there is one)."
+    if value is None: return None
+    base = (info.context or {}).get(CONFIG_DIR_KEY)
+    path = Path(str(value)).expanduser()
+    return str(path) if base is None or path.is_absolute() else os.path.normpath(Path(base) / path)
+
+ConfigPath = Annotated[str, AfterValidator(_relative_to_config)]
+
+def validate_config(data: dict[str, Any], schema: type[_SchemaT], config_dir: str | Path | None = None,
+                    source: str | Path = "<config>") -> _SchemaT:
+    "Validate a mapping against `schema`, resolving `ConfigPath` fields against `config_dir`; errors name `source` and key."
+    ctx = None if config_dir is None else {CONFIG_DIR_KEY: str(Path(config_dir).resolve())}
+    try: return schema.model_validate(data, context=ctx)
+    except ValidationError as e: raise ConfigError(_format_validation_error(Path(source), e)) from None
+
 def load_config(path: str | Path, schema: type[_SchemaT]) -> _SchemaT:
-    "Load `path` (YAML) and validate it against the pydantic `schema`; errors name the file and key."
+    "Load `path` (YAML) and validate it against `schema`; paths inside are relative to the file; errors name file and key."
     path = Path(path)
-    try: return schema.model_validate(read_yaml(path))
-    except ValidationError as e: raise ConfigError(_format_validation_error(path, e)) from None
+    return validate_config(read_yaml(path), schema, path.parent, path)
+
+def bundled_path(name: str) -> Path:
+    "Path of a data file shipped inside the package (`tsfm_wb/bundled/<name>`), wherever the package is installed."
+    path = Path(str(resources.files("tsfm_wb").joinpath("bundled", name)))
+    if not path.is_file(): raise ConfigError(f"{name}: no such file among the package's bundled data ({path.parent})")
+    return path
 
 # %% ../nbs/00_core.ipynb #fb803b94
 class StrictModel(BaseModel):
@@ -200,8 +223,17 @@ def get_logger(name: str) -> logging.Logger:
     "The `tsfm_wb.<name>` logger."
     return logging.getLogger(name if name.startswith("tsfm_wb") else f"tsfm_wb.{name}")
 
-def configure_logging(level: int | str = "INFO", json_lines: bool = False, stream: Any = None) -> logging.Logger:
-    "Configure the `tsfm_wb` logger once (replacing earlier handlers): plain text or JSON lines."
+LOG_FORMAT_ENV = "TSFM_WB_LOG_FORMAT"  # json | text: the log format when a program does not choose
+
+def log_format_from_env() -> bool:
+    "Whether `TSFM_WB_LOG_FORMAT` asks for JSON lines (`json`) rather than text (`text`, unset or empty)."
+    value = os.environ.get(LOG_FORMAT_ENV, "").strip().lower() or "text"
+    if value not in ("json", "text"): raise ConfigError(f"{LOG_FORMAT_ENV}={value!r}: use 'json' or 'text'")
+    return value == "json"
+
+def configure_logging(level: int | str = "INFO", json_lines: bool | None = None, stream: Any = None) -> logging.Logger:
+    "Configure the `tsfm_wb` logger (replacing earlier handlers): text or JSON lines (None: from `TSFM_WB_LOG_FORMAT`)."
+    if json_lines is None: json_lines = log_format_from_env()
     root = logging.getLogger("tsfm_wb")
     for h in list(root.handlers): root.removeHandler(h)
     h = logging.StreamHandler(stream or sys.stderr)
