@@ -349,7 +349,7 @@ def _model_hparams(cfg: TrainConfig, data: PreparedData) -> dict[str, Any]:
 
 # %% ../../nbs/lab/14_train.ipynb #e4543dba
 def _meta(run_id: str, cfg: TrainConfig, data: PreparedData, model: Any) -> dict[str, Any]:
-    "meta.json: the pipeline's Phase 5 fields plus shapes, split sizes and the model."
+    "meta.json: the pipeline's feature fields plus shapes, split sizes and the model."
     wd = data.windows
     return {**data.pipeline.meta(), "run_id": run_id, "dataset": cfg.dataset, "data_mode": cfg.data_mode,
             "model_type": cfg.model_type, "model_type_candidates": sorted(MODEL_REGISTRY), "X_shape": list(wd.X.shape),
