@@ -24,6 +24,8 @@ def tiny(tmp_path_factory) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("report")
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "matrix_tiny.yaml").read_text())
     cfg.update(artifacts_dir=str(root / "artifacts"), reports_dir=str(root / "reports"))
+    cfg.update(notebooks_dir=str(REPO_ROOT / "nbs" / "papermill"), edge_gate=str(REPO_ROOT / "configs" / "edge_gate.yaml"))
+    cfg["spline"]["data_modes"] = {m: str(REPO_ROOT / "configs" / f) for m, f in cfg["spline"]["data_modes"].items()}
     path = root / "matrix.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = run_matrix(path, "quick", root=REPO_ROOT, progress=False)

@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -26,19 +27,19 @@ import pandas as pd
 from pydantic import Field, ValidationError, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from ..core import (ConfigError, StrictModel, TsfmWbError, _format_validation_error, atomic_write_json, config_hash,
-                          configure_logging, get_logger, load_config, read_json, read_yaml)
+from ..core import (ConfigError, ConfigPath, StrictModel, TsfmWbError, _format_validation_error, atomic_write_json,
+                          config_hash, configure_logging, get_logger, load_config, read_json, read_yaml, resolve_config_paths)
 
 # %% auto #0
 __all__ = ['MATRIX_CONFIG', 'PROFILES', 'EXECUTORS', 'MODEL_TYPES', 'SEEDS', 'DEFAULT_WORKERS', 'KERNEL_NAME', 'START_TIMEOUT_S',
            'CELL_TIMEOUT_S', 'SPEC_FILE', 'ERROR_FILE', 'KERNEL_LOG', 'METRICS_FILE', 'PARITY_OUTPUT', 'STAGING_DIR',
            'EVAL_AS_OF', 'SplineGrid', 'TsfmRun', 'Profile', 'ReportSettings', 'MatrixConfig', 'load_matrix_config',
-           'NotebookStep', 'RunSpec', 'expand_grid', 'run_status', 'execute_notebook', 'execute_run', 'MatrixResult',
-           'manifest_path', 'run_matrix', 'train_eval_step', 'edge_parity_step', 'TsfmEvalConfig', 'tsfm_eval_step',
-           'render_report', 'main']
+           'papermill_dir', 'NotebookStep', 'RunSpec', 'expand_grid', 'run_status', 'execute_notebook', 'execute_run',
+           'MatrixResult', 'manifest_path', 'run_matrix', 'train_eval_step', 'edge_parity_step', 'TsfmEvalConfig',
+           'tsfm_eval_step', 'render_report', 'main']
 
 # %% ../../nbs/experiments/51_matrix.ipynb #dac92926
-MATRIX_CONFIG = "configs/matrix.yaml"       # default config path
+MATRIX_CONFIG = "configs/matrix.yaml"       # the command line's default --config (the repository's matrix)
 PROFILES = ("quick", "full")                # profiles every matrix config must define
 EXECUTORS = ("process", "dask")
 MODEL_TYPES = ("lstm", "gru", "attention_lstm")
@@ -57,7 +58,7 @@ _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # %% ../../nbs/experiments/51_matrix.ipynb #76a34fc9
 class SplineGrid(StrictModel):
     "The spline-LSTM grid: model types x data modes x seeds, one base train config per data mode."
-    data_modes: dict[str, str]                                  # data mode -> base train config (YAML)
+    data_modes: dict[str, ConfigPath]                           # data mode -> base train config (YAML)
     model_types: list[str] = Field(default_factory=lambda: list(MODEL_TYPES), min_length=1)
     seeds: list[int] = Field(default_factory=lambda: list(SEEDS), min_length=1)
     keys: dict[Literal["model_type", "seed", "data_mode"], str] = Field(  # where grid values go (dotted keys)
@@ -92,10 +93,10 @@ class ReportSettings(StrictModel):
 class MatrixConfig(StrictModel):
     "The experiment matrix (`configs/matrix.yaml`)."
     name: str = Field(pattern=_NAME_RE)
-    artifacts_dir: str = "artifacts"
-    reports_dir: str = "reports"
-    notebooks_dir: str = "nbs/papermill"
-    edge_gate: str | None = "configs/edge_gate.yaml"            # tsfm_wb.lab.edge gate config (None: built-in defaults)
+    artifacts_dir: ConfigPath = "artifacts"
+    reports_dir: ConfigPath = "reports"
+    notebooks_dir: ConfigPath | None = None                     # papermill notebooks (None: those shipped with tsfm_wb)
+    edge_gate: ConfigPath | None = None                         # tsfm_wb.lab.edge gate config (None: built-in defaults)
     workers: int = Field(DEFAULT_WORKERS, ge=1)
     kernel_name: str = KERNEL_NAME
     cell_timeout_s: int = Field(CELL_TIMEOUT_S, ge=1)
@@ -117,9 +118,16 @@ class MatrixConfig(StrictModel):
             if bad: raise ValueError(f"profiles.{name}.train_by_mode names unknown data mode(s) {bad}; the grid has {sorted(modes)}")
         return self
 
-def load_matrix_config(path: str | Path = MATRIX_CONFIG) -> MatrixConfig:
-    "Load and validate a matrix config (YAML); ConfigError names the file and the key."
+def load_matrix_config(path: str | Path) -> MatrixConfig:
+    "Load and validate a matrix config (YAML; paths inside relative to it); ConfigError names the file and the key."
     return load_config(path, MatrixConfig)
+
+def papermill_dir() -> Path:
+    "The matrix's papermill notebooks: shipped inside the package (regular install) or `nbs/papermill` beside it (a clone)."
+    pkg = Path(str(resources.files("tsfm_wb")))
+    for folder in (pkg / "bundled" / "papermill", pkg.parent / "nbs" / "papermill"):
+        if (folder / "train_eval.ipynb").is_file(): return folder
+    raise ConfigError(f"no papermill notebooks under {pkg / 'bundled'} or {pkg.parent / 'nbs'}; set notebooks_dir in the matrix config")
 
 # %% ../../nbs/experiments/51_matrix.ipynb #ba26295c
 class NotebookStep(StrictModel):
@@ -152,20 +160,27 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     d[last] = value
 
 # %% ../../nbs/experiments/51_matrix.ipynb #2ecf81bf
+def _train_base(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    "A base train config as written (hashed) and with its paths resolved against its file (executed)."
+    from tsfm_wb.lab.train import TrainConfig
+    raw = read_yaml(path)
+    return raw, resolve_config_paths(raw, TrainConfig, path.parent)
+
 def _spline_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list[RunSpec]:
     "Run specs of the spline-LSTM grid (data mode x model type x seed)."
     g, specs = cfg.spline, []
     gate = read_yaml(root / cfg.edge_gate) if cfg.edge_gate else None
     gate_path = str(root / cfg.edge_gate) if cfg.edge_gate else None
     for mode, path in g.data_modes.items():
-        base = _deep_merge(_deep_merge(read_yaml(root / path), prof.train), prof.train_by_mode.get(mode, {}))
+        over = lambda d: _deep_merge(_deep_merge(d, prof.train), prof.train_by_mode.get(mode, {}))
+        written, resolved = map(over, _train_base(root / path))
         for mt in g.model_types:
             for seed in g.seeds:
-                train = copy.deepcopy(base)
+                hashed, train = copy.deepcopy(written), copy.deepcopy(resolved)
                 for axis, value in (("model_type", mt), ("seed", seed), ("data_mode", mode)):
-                    if axis in g.keys: _set_dotted(train, g.keys[axis], value)
+                    if axis in g.keys: _set_dotted(hashed, g.keys[axis], value); _set_dotted(train, g.keys[axis], value)
                 edge = {"gate": gate, **prof.edge} if g.edge else None
-                h = config_hash({"kind": "spline", "train": train, "edge": edge})
+                h = config_hash({"kind": "spline", "train": hashed, "edge": edge})
                 run_id = f"{mt}-{mode}-s{seed}-{h[:8]}"
                 run_dir = str(root / cfg.artifacts_dir / run_id)
                 steps = [NotebookStep(name="train_eval", notebook=nb("train_eval"), output=METRICS_FILE,
@@ -194,7 +209,7 @@ def expand_grid(config: MatrixConfig | str | Path, profile: str = "quick", root:
     cfg = config if isinstance(config, MatrixConfig) else load_matrix_config(config)
     if profile not in cfg.profiles: raise ConfigError(f"unknown profile {profile!r}; the matrix defines {sorted(cfg.profiles)}")
     root = Path(root or Path.cwd()).resolve()
-    nb = lambda name: str(root / cfg.notebooks_dir / f"{name}.ipynb")
+    nb = lambda name: str(root / (cfg.notebooks_dir or papermill_dir()) / f"{name}.ipynb")
     prof = cfg.profiles[profile]
     return (_spline_specs(cfg, prof, root, nb) if cfg.spline else []) + _tsfm_specs(cfg, prof, root, nb)
 
@@ -341,7 +356,7 @@ def _crash_outcome(spec: RunSpec, exc: BaseException) -> dict[str, Any]:
             "error": f"{rec['exception']}: {rec['message'][:300]}", "seconds": None}
 
 # %% ../../nbs/experiments/51_matrix.ipynb #6a4f5353
-def run_matrix(config: MatrixConfig | str | Path = MATRIX_CONFIG, profile: str = "quick", executor: str = "process",
+def run_matrix(config: MatrixConfig | str | Path, profile: str = "quick", executor: str = "process",
                dask_address: str | None = None, max_workers: int | None = None, root: str | Path | None = None,
                only: Sequence[str] | None = None, dask_processes: bool = True, progress: bool = True) -> MatrixResult:
     "Execute every unfinished run of the matrix (papermill, process pool or Dask); finished runs are skipped."
@@ -424,7 +439,7 @@ class TsfmEvalConfig(StrictModel):
     horizon: int = Field(6, ge=1)
     min_context: int = Field(16, ge=1)                         # first origin: this many points of history
     stride: int = Field(1, ge=1)                               # steps between origins
-    runner_config: str = "configs/runner.yaml"
+    runner_config: str | None = None                           # a runner YAML (None: the built-in RunnerConfig)
     runner: dict[str, Any] = {"env": "research"}               # RunnerConfig overrides (deep-merged)
     fake: dict[str, Any] = {}                                  # FakeOptions of the fake daemon
     seeds: list[int] = [0]                                     # event-holdout seeds (pooled)
@@ -449,7 +464,8 @@ def _runner_forecaster(cfg: TsfmEvalConfig, freq: str) -> Iterator[tuple[Any, di
     from tsfm_wb.tsfm.tollama import TollamaAdapter, load_tollama_config
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(serve_fake_tollama(**cfg.fake)).url if cfg.backend == "fake" else cfg.base_url
-        rc = RunnerConfig.model_validate(_deep_merge(load_runner_config(cfg.runner_config).model_dump(), cfg.runner))
+        base = RunnerConfig() if cfg.runner_config is None else load_runner_config(cfg.runner_config)
+        rc = RunnerConfig.model_validate(_deep_merge(base.model_dump(), cfg.runner))
         tc = load_tollama_config(rc.runtime_config)
         runner = TSFMRunner(rc, adapter=TollamaAdapter(tc, base_url=url) if url else TollamaAdapter(tc))
         loop = asyncio.new_event_loop(); thread = threading.Thread(target=loop.run_forever, daemon=True); thread.start()
@@ -505,13 +521,13 @@ def tsfm_eval_step(run_dir: str | Path, config: TsfmEvalConfig | dict[str, Any])
     return {"metrics": metrics, "coverage_by_horizon": rep.coverage_by_horizon("time_split")}
 
 # %% ../../nbs/experiments/51_matrix.ipynb #fa3565d7
-def render_report(config: MatrixConfig | str | Path = MATRIX_CONFIG, profile: str = "quick", root: str | Path | None = None) -> Path:
+def render_report(config: MatrixConfig | str | Path, profile: str = "quick", root: str | Path | None = None) -> Path:
     "Execute the report notebook for `profile`; returns `<reports_dir>/index.html` (TsfmWbError naming the cell on failure)."
     cfg = config if isinstance(config, MatrixConfig) else load_matrix_config(config)
     root = Path(root or Path.cwd()).resolve()
     cfg_path = str(config) if not isinstance(config, MatrixConfig) else None
     executed = root / cfg.artifacts_dir / f"report-{cfg.name}-{profile}" / "executed_report.ipynb"
-    step = NotebookStep(name="report", notebook=str(root / cfg.notebooks_dir / "report.ipynb"), output="index.html",
+    step = NotebookStep(name="report", notebook=str(root / (cfg.notebooks_dir or papermill_dir()) / "report.ipynb"), output="index.html",
                         parameters={"config": cfg_path or cfg.model_dump(mode="json"), "profile": profile, "root": str(root)})
     executed.parent.mkdir(parents=True, exist_ok=True)
     try:
