@@ -33,7 +33,8 @@ _FRONT_DOOR: dict[str, str] = {
     **_names("tsfm_wb.tsfm.conformal", "ConformalCalibrator"),
     **_names("tsfm_wb.tsfm.runner", "TSFMRunner", "RunnerConfig", "load_runner_config"),
     **_names("tsfm_wb.tsfm.api", "create_app"),
-    **_names("tsfm_wb.experiments.matrix", "MatrixConfig", "load_matrix_config", "run_matrix"),
+    **_names("tsfm_wb.experiments.grid", "MatrixConfig", "load_matrix_config"),
+    **_names("tsfm_wb.experiments.matrix", "run_matrix"),
 }
 __all__ = sorted([*_FRONT_DOOR, "__version__"])
 
