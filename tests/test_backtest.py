@@ -1,4 +1,4 @@
-"""Property-based fuzzing of tsfm_wb.metrics: the baselines against plain loops, and walk-forward split properties.
+"""Property-based tests of the baselines and the walk-forward splitter (hypothesis); the unit tests live in nbs/03_backtest."""
 
 The unit tests (hand-computed values, agreement with scikit-learn and utilsforecast on many shapes, the NaN policy,
 edge cases, the forecaster contract) live in `nbs/02_metrics.ipynb`, beside the code."""
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import tsfm_wb.metrics as M
+import tsfm_wb.backtest as M
 from tsfm_wb.core import DataValidationError
 
 
