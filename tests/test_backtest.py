@@ -1,7 +1,6 @@
-"""Property-based tests of the baselines and the walk-forward splitter (hypothesis); the unit tests live in nbs/03_backtest."""
+"""Property-based tests (hypothesis) of the baselines and the walk-forward splitter.
 
-The unit tests (hand-computed values, agreement with scikit-learn and utilsforecast on many shapes, the NaN policy,
-edge cases, the forecaster contract) live in `nbs/02_metrics.ipynb`, beside the code."""
+The unit tests (the forecaster contract, backtests against utilsforecast) live in `nbs/03_backtest.ipynb`."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
