@@ -165,3 +165,19 @@ def test_own_process_with_token():
                 return await ad.models(), await ad.forecast(_series(2), model="naive", horizon=3, quantiles=[0.1, 0.9], freq="5m")
         models, fc = asyncio.run(go())
     assert models == ["naive", "mock"] and sorted(fc.forecasts) == ["m-0", "m-1"]
+
+
+def test_fault_options_stay_available(srv):
+    """The fake daemon's knobs work on the model server: a daemon that goes away and comes back (workers kept), injected 503s."""
+    pids = srv.backend.pool.status()
+    srv.set(down=True)
+    with pytest.raises(BackendUnavailableError):
+        _forecast(srv.url, _series(1), "naive")
+    srv.set(down=False)
+    assert srv.backend.pool.status() == pids                   # the workers were not touched
+    assert list(_forecast(srv.url, _series(1), "naive").forecasts) == ["m-0"]
+    srv.set(fail_next_n=1, fail_status=503)
+    with pytest.raises(BackendUnavailableError) as ei:
+        _forecast(srv.url, _series(1), "auto-ets")
+    assert ei.value.status_code == 503
+    assert list(_forecast(srv.url, _series(1), "auto-ets").forecasts) == ["m-0"]

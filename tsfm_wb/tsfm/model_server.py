@@ -28,7 +28,7 @@ from fastcore.basics import patch
 import tsfm_wb
 
 from ..core import BackendError, ConfigError, DataValidationError
-from .fake_tollama import FakeOptions, FakeStats, FakeTollama
+from .fake_tollama import FakeOptions, FakeTollama
 from .schemas import quantile_key
 from .served_models import ModelRegistry, SeriesAnswer, default_registry, model_spec
 from .tollama_protocol import ForecastIn, bad_request, runner_error, start_timestamp
@@ -196,6 +196,7 @@ class ModelBackend:
         heavy = [m for m in registry.models() if not m.inline]
         self.pool = WorkerPool(heavy, workers, warm) if heavy else None
         self._threads = ThreadPoolExecutor(max_waiting, thread_name_prefix="tsfm-wb-model-wait")
+        self._started = False
 
     def model_info(self) -> list[dict[str, Any]]:
         "Name, family and license tag of each served model."
@@ -209,8 +210,9 @@ class ModelBackend:
                 "models": {m.name: "ready" if m.inline or warm else "warming" for m in self.registry.models()}}
 
     def start(self) -> ModelBackend:
-        "Start the worker pool (its workers warm in the background)."
-        if self.pool: self.pool.start()
+        "Start the worker pool once (its workers warm in the background)."
+        if self.pool and not self._started: self.pool.start()
+        self._started = True
         return self
 
     def close(self) -> None:
@@ -249,34 +251,20 @@ async def forecast(self: ModelBackend, body: ForecastIn, deadline: float) -> dic
 # %% ../../nbs/tsfm/23b_model_server.ipynb #cfceac3c
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 11435   # the tollama daemon's default address
 
-class ModelServer:
-    "The model server: tollama's protocol on `host:port`, real models behind it."
+class ModelServer(FakeTollama):
+    "The model server: tollama's protocol on `host:port` (a `FakeTollama` with every fault option), real models behind it."
     def __init__(self, registry: ModelRegistry | None = None, port: int = 0, workers: int = 2, warm: bool = True,
                  host: str = DEFAULT_HOST, **options: Any):
         self.backend = ModelBackend(registry or default_registry(), workers, warm)
-        self.server = FakeTollama(FakeOptions(**options), port=port, backend=self.backend, host=host)
-
-    @property
-    def url(self) -> str:
-        "Base URL, e.g. `http://127.0.0.1:51234`."
-        return self.server.url
-
-    @property
-    def stats(self) -> FakeStats:
-        "Counters of what the server has received."
-        return self.server.stats
-
-    def set(self, **changes: Any) -> ModelServer:
-        "Change the fault options while serving (see `FakeOptions`)."
-        self.server.set(**changes); return self
+        super().__init__(FakeOptions(**options), port=port, backend=self.backend, host=host)
 
     def start(self) -> ModelServer:
-        "Start the workers (warming in the background), then serve."
-        self.backend.start(); self.server.start(); return self
+        "Start the workers once (warming in the background), then serve; `set(down=...)` only stops and restarts serving."
+        self.backend.start(); super().start(); return self
 
-    def stop(self) -> None:
+    def close(self) -> None:
         "Stop serving and stop the workers."
-        try: self.server.stop()
+        try: self.stop()
         finally: self.backend.close()
 
     def wait_ready(self, timeout: float = _READY_TIMEOUT_S) -> ModelServer:
@@ -288,8 +276,7 @@ class ModelServer:
             time.sleep(0.05)
         return self
 
-    def __enter__(self) -> ModelServer: return self.start()
-    def __exit__(self, *exc: Any) -> None: self.stop()
+    def __exit__(self, *exc: Any) -> None: self.close()
 
 @contextmanager
 def serve_models(models: Sequence[str] | None = None, port: int = 0, workers: int = 2, warm: bool = True,
