@@ -20,21 +20,21 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 import numpy as np
+from fastcore.basics import patch
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from ..core import BackendError, ConfigError, DataValidationError, LicenseError, StrictModel, get_logger, read_yaml
 from .schemas import FallbackReason, TSFMForecastRequest, freq_timedelta, future_timestamps, pandas_freq, quantile_key
 
 # %% auto #0
-__all__ = ['DEFAULT_TOLLAMA_URL', 'DEFAULT_RUNTIME_CONFIG', 'TollamaConfig', 'load_tollama_config', 'TollamaError',
-           'BackendTimeoutError', 'BackendHTTPError', 'BackendRequestError', 'ModelNotFoundError',
-           'BackendLicenseError', 'BackendRateLimitError', 'BackendUnavailableError', 'BackendProtocolError',
-           'error_from_response', 'TollamaSeries', 'build_forecast_payload', 'SeriesForecastResult', 'TollamaForecast',
+__all__ = ['DEFAULT_TOLLAMA_URL', 'TollamaConfig', 'load_tollama_config', 'TollamaError', 'BackendTimeoutError',
+           'BackendHTTPError', 'BackendRequestError', 'ModelNotFoundError', 'BackendLicenseError',
+           'BackendRateLimitError', 'BackendUnavailableError', 'BackendProtocolError', 'error_from_response',
+           'TollamaSeries', 'build_forecast_payload', 'SeriesForecastResult', 'TollamaForecast',
            'parse_forecast_response', 'TollamaAdapter']
 
 # %% ../../nbs/tsfm/21_tollama.ipynb #785b888b
 DEFAULT_TOLLAMA_URL = "http://127.0.0.1:11435"
-DEFAULT_RUNTIME_CONFIG = Path("configs/tsfm_runtime.yaml")
 
 class TollamaConfig(StrictModel):
     "Connection, deadline, retry and pool settings of the tollama adapter."
@@ -70,8 +70,9 @@ def _tollama_config(data: dict[str, Any], where: str) -> TollamaConfig:
         lines = [f"{where}: key '{'.'.join(map(str, x['loc'])) or '<root>'}': {x['msg']}" for x in e.errors()]
         raise ConfigError("\n".join(lines)) from None
 
-def load_tollama_config(path: str | Path = DEFAULT_RUNTIME_CONFIG, section: str = "tollama") -> TollamaConfig:
-    "Read the `section` mapping of a YAML file as a `TollamaConfig`; errors name the file and key."
+def load_tollama_config(path: str | Path | None = None, section: str = "tollama") -> TollamaConfig:
+    "Read the `section` mapping of a YAML file as a `TollamaConfig` (None: the defaults); errors name the file and key."
+    if path is None: return TollamaConfig()
     return _tollama_config(read_yaml(path).get(section) or {}, f"{path} [{section}]")
 
 # %% ../../nbs/tsfm/21_tollama.ipynb #fc6b955d
@@ -325,6 +326,7 @@ async def _read_ndjson(resp: httpx.Response) -> Any:
         if isinstance(obj, dict) and obj.get("done"): return obj.get("response")
     raise BackendProtocolError(f"NDJSON stream ended after {n} lines without a done line")
 
+@patch
 async def _attempt(self: TollamaAdapter, body: dict[str, Any], rid: str, remaining: float, where: str) -> tuple[Any, str | None]:
     "One POST of `body`; returns (decoded answer, echoed request id) or raises a typed error."
     cfg = self.config
@@ -339,8 +341,6 @@ async def _attempt(self: TollamaAdapter, body: dict[str, Any], rid: str, remaini
     try: return json.loads(content), echoed
     except ValueError: raise BackendProtocolError(f"answer of {where} is not JSON: {content[:80]!r}") from None
 
-TollamaAdapter._attempt = _attempt
-
 # %% ../../nbs/tsfm/21_tollama.ipynb #337741f6
 def _transport_error(e: Exception, where: str) -> TollamaError:
     "A typed error for an httpx transport failure."
@@ -348,6 +348,7 @@ def _transport_error(e: Exception, where: str) -> TollamaError:
     if isinstance(e, (httpx.TimeoutException, TimeoutError)): return BackendTimeoutError(f"tollama call to {where} ran out of its deadline ({type(e).__name__})")
     return BackendHTTPError(f"tollama call to {where} failed: {type(e).__name__}: {e}")
 
+@patch
 async def _call(self: TollamaAdapter, body: dict[str, Any], rid: str, budget: float, where: str) -> tuple[Any, str | None, int]:
     "Run attempts of `body` until success, a non-retryable error, the retry limit or the deadline."
     deadline, attempt = time.monotonic() + budget, 0
@@ -369,12 +370,11 @@ async def _call(self: TollamaAdapter, body: dict[str, Any], rid: str, budget: fl
         _log.info("retrying tollama after %s", type(err).__name__, extra={"request_id": rid, "attempt": attempt, "delay_s": delay})
         await asyncio.sleep(delay)
 
-TollamaAdapter._call = _call
-
 # %% ../../nbs/tsfm/21_tollama.ipynb #054aff3d
-async def _forecast(self: TollamaAdapter, series: Sequence[TollamaSeries], *, model: str, horizon: int,
-                    quantiles: Sequence[float], freq: str, options: dict[str, Any] | None = None,
-                    request_id: str | None = None, deadline_s: float | None = None) -> TollamaForecast:
+@patch
+async def forecast(self: TollamaAdapter, series: Sequence[TollamaSeries], *, model: str, horizon: int,
+                   quantiles: Sequence[float], freq: str, options: dict[str, Any] | None = None,
+                   request_id: str | None = None, deadline_s: float | None = None) -> TollamaForecast:
     "Forecast all `series` in one tollama request within `deadline_s`; results keyed by series id, or a typed `TollamaError`."
     cfg, t0 = self.config, time.perf_counter()
     stream = cfg.stream if cfg.endpoint == "/api/forecast" else None
@@ -392,9 +392,8 @@ async def _forecast(self: TollamaAdapter, series: Sequence[TollamaSeries], *, mo
     return TollamaForecast(answered_model or model, results, rid, cfg.endpoint, attempts,
                            (time.perf_counter() - t0) * 1000, tuple(warns), raw.get("usage"))
 
-TollamaAdapter.forecast = _forecast
-
 # %% ../../nbs/tsfm/21_tollama.ipynb #18449bff
+@patch
 async def _get_json(self: TollamaAdapter, path: str, timeout: float) -> Any:
     "GET `path` and decode JSON, raising typed errors."
     where = f"{self.config.base_url}{path}"
@@ -404,20 +403,21 @@ async def _get_json(self: TollamaAdapter, path: str, timeout: float) -> Any:
     try: return resp.json()
     except ValueError: raise BackendProtocolError(f"answer of {where} is not JSON") from None
 
-async def _health(self: TollamaAdapter) -> bool:
+@patch
+async def health(self: TollamaAdapter) -> bool:
     "True when the daemon's health probe answers 200 with status ok."
     try: body = await self._get_json(self.config.health_path, self.config.health_timeout_s)
     except TollamaError: return False
     return isinstance(body, dict) and body.get("status") == "ok"
 
-async def _version(self: TollamaAdapter) -> str:
+@patch
+async def version(self: TollamaAdapter) -> str:
     "The daemon's version string (`GET /api/version`)."
     return str((await self._get_json("/api/version", self.config.health_timeout_s)).get("version"))
 
-async def _models(self: TollamaAdapter) -> list[str]:
+@patch
+async def models(self: TollamaAdapter) -> list[str]:
     "Names of the installed models (`GET /api/tags`)."
     tags = await self._get_json("/api/tags", self.config.health_timeout_s)
     if not isinstance(tags, dict) or not isinstance(tags.get("models"), list): raise BackendProtocolError("/api/tags answer has no 'models' list")
     return [str(m.get("name")) for m in tags["models"] if isinstance(m, dict)]
-
-TollamaAdapter._get_json, TollamaAdapter.health, TollamaAdapter.version, TollamaAdapter.models = _get_json, _health, _version, _models
