@@ -14,7 +14,7 @@ export MPLBACKEND := Agg
 export MPLCONFIGDIR := $(CACHE)/matplotlib
 export IPYTHONDIR := $(CACHE)/ipython
 export KERAS_HOME := $(CACHE)/keras
-export TF_CPP_MIN_LOG_LEVEL := 2
+export TF_CPP_MIN_LOG_LEVEL := 3
 export TF_ENABLE_ONEDNN_OPTS := 0
 export CUDA_VISIBLE_DEVICES :=
 export PYTHONHASHSEED := 0
@@ -68,8 +68,8 @@ test: install ## all tests: export sync, notebook tests, pytest, nbval
 	$(MAKE) --no-print-directory nbval && \
 	echo "make test: all passed in $$(( $$(date +%s) - start )) s"
 
-lab: install ## JupyterLab on the repository
-	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(CURDIR)
+lab: install ## JupyterLab on the repository (inline plots; also as root, as these machines run)
+	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
 docs: install ## render the docs from the notebooks into _docs/ (HTML, no quarto needed)
 	$(PY) .ci/render_docs.py
@@ -91,5 +91,6 @@ clean: ## remove the venv, caches and generated docs (keeps artifacts/ and repor
 
 api-pin: install ## re-pin the public API snapshot (tests/public_api.json) after a deliberate change
 	$(PY) -c "import importlib, json; from tsfm_wb._modidx import d; \
-	api = {m: sorted(importlib.import_module(m).__all__) for m in sorted(d['syms'])}; \
+	import tsfm_wb; api = {m: sorted(importlib.import_module(m).__all__) for m in sorted(d['syms'])}; \
+	api['tsfm_wb'] = sorted(tsfm_wb.__all__); \
 	open('tests/public_api.json', 'w').write(json.dumps(api, indent=1, sort_keys=True) + '\n')"

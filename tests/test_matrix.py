@@ -21,8 +21,8 @@ import yaml
 from conftest import REPO_ROOT
 
 from tsfm_wb.core import ConfigError, read_json
-from tsfm_wb.experiments.matrix import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, SPEC_FILE, expand_grid, load_matrix_config, run_matrix,
-                            run_status)
+from tsfm_wb.experiments.grid import ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, SPEC_FILE, expand_grid, load_matrix_config
+from tsfm_wb.experiments.matrix import run_matrix, run_status
 
 LOG = "executions.log"
 # Toy step notebooks: log the execution, fail when the model type says so, write the step's output.
@@ -155,7 +155,7 @@ def tiny_real_repo(tmp_path_factory) -> tuple[Path, Path]:
     "A matrix over the real train_eval notebook: one LSTM on the last 400 weeks of CO2, 2 epochs, no edge step."
     root = tmp_path_factory.mktemp("real")
     train = yaml.safe_load((REPO_ROOT / "configs" / "train_co2_quick.yaml").read_text())
-    train.update(max_rows=400, lookback=26, epochs=2, verbose=0, covariates=str(REPO_ROOT / train["covariates"]))
+    train.update(max_rows=400, lookback=26, epochs=2, verbose=0, covariates=str(REPO_ROOT / "configs" / train["covariates"]))
     (root / "train.yaml").write_text(yaml.safe_dump(train))
     cfg = {"name": "real", "notebooks_dir": str(REPO_ROOT / "nbs" / "papermill"), "edge_gate": None,
            "spline": {"data_modes": {"univariate": str(root / "train.yaml")}, "model_types": ["lstm"], "seeds": [42], "edge": False}}

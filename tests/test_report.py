@@ -14,7 +14,8 @@ import yaml
 from conftest import REPO_ROOT
 
 from tsfm_wb.core import TsfmWbError, read_json
-from tsfm_wb.experiments.matrix import load_matrix_config, render_report, run_matrix
+from tsfm_wb.experiments.grid import load_matrix_config
+from tsfm_wb.experiments.matrix import render_report, run_matrix
 from tsfm_wb.experiments.report import COMPARISON_COLUMNS, collect_runs, comparison_table, edge_summary, seed_summary
 
 
@@ -24,6 +25,8 @@ def tiny(tmp_path_factory) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("report")
     cfg = yaml.safe_load((REPO_ROOT / "configs" / "matrix_tiny.yaml").read_text())
     cfg.update(artifacts_dir=str(root / "artifacts"), reports_dir=str(root / "reports"))
+    cfg.update(notebooks_dir=str(REPO_ROOT / "nbs" / "papermill"), edge_gate=str(REPO_ROOT / "configs" / "edge_gate.yaml"))
+    cfg["spline"]["data_modes"] = {m: str(REPO_ROOT / "configs" / f) for m, f in cfg["spline"]["data_modes"].items()}
     path = root / "matrix.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = run_matrix(path, "quick", root=REPO_ROOT, progress=False)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO_ROOT
 from tsfm_wb.core import ConfigError, DataValidationError, ModelError, load_npz, read_json
 from tsfm_wb.data import load_dataset
 from tsfm_wb.lab.features import MissingCovariateError
@@ -28,7 +29,7 @@ ARTIFACT_FILES = ["checkpoints", "config.json", "history.json", "meta.json", "me
 
 
 def _quick(tmp: Path, **kw) -> dict:
-    cfg = {"name": "t", "dataset": "co2", "covariates": "configs/covariates/univariate_co2.json", "lookback": 16,
+    cfg = {"name": "t", "dataset": "co2", "covariates": str(REPO_ROOT / "configs/covariates/univariate_co2.json"), "lookback": 16,
            "horizon": 4, "max_rows": 1000, "epochs": 2, "batch_size": 64, "patience": 2, "verbose": 0, "season": 52,
            "ma_window": 4, "hparams": {"units": 8, "residual": True, "normalize": "last"}, "artifacts_dir": str(tmp)}
     return {**cfg, **kw}
@@ -88,7 +89,7 @@ def test_unknown_model_type_and_bad_hparams(tmp_path):
 
 
 def test_missing_required_covariate(tmp_path):
-    cfg = _quick(tmp_path, dataset="macro", covariates="configs/covariates/macro.json", data_mode="multivariate",
+    cfg = _quick(tmp_path, dataset="macro", covariates=str(REPO_ROOT / "configs/covariates/macro.json"), data_mode="multivariate",
                  lookback=8, max_rows=None, season=4)
     df = load_dataset("macro").drop(columns="realinv")
     with pytest.raises(MissingCovariateError, match="required covariate 'realinv'") as e:

@@ -18,7 +18,7 @@ import tempfile
 from datetime import datetime, timezone
 from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args
 
 import numpy as np
 import yaml
@@ -29,10 +29,10 @@ if TYPE_CHECKING: import pandas as pd
 # %% auto #0
 __all__ = ['CONFIG_DIR_KEY', 'ConfigPath', 'SNAPSHOT_PACKAGES', 'LOG_FORMAT_ENV', 'TsfmWbError', 'ConfigError',
            'DataValidationError', 'ModelError', 'BackendError', 'LicenseError', 'read_yaml', 'validate_config',
-           'load_config', 'bundled_path', 'StrictModel', 'seed_everything', 'config_hash', 'make_run_id',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json', 'atomic_save_npz', 'load_npz',
-           'package_versions', 'repro_snapshot', 'write_snapshot', 'JsonLineFormatter', 'get_logger',
-           'log_format_from_env', 'configure_logging', 'df_to_markdown']
+           'resolve_config_paths', 'load_config', 'bundled_path', 'StrictModel', 'seed_everything', 'config_hash',
+           'make_run_id', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json',
+           'atomic_save_npz', 'load_npz', 'package_versions', 'repro_snapshot', 'write_snapshot', 'JsonLineFormatter',
+           'get_logger', 'log_format_from_env', 'configure_logging', 'df_to_markdown']
 
 # %% ../nbs/00_core.ipynb #98c185c7
 class TsfmWbError(Exception):
@@ -91,6 +91,23 @@ def validate_config(data: dict[str, Any], schema: type[_SchemaT], config_dir: st
     ctx = None if config_dir is None else {CONFIG_DIR_KEY: str(Path(config_dir).resolve())}
     try: return schema.model_validate(data, context=ctx)
     except ValidationError as e: raise ConfigError(_format_validation_error(Path(source), e)) from None
+
+def _has_config_path(annotation: Any) -> bool:
+    "Whether a type annotation is, or contains (e.g. `ConfigPath | None`), the `ConfigPath` type."
+    if any(isinstance(m, AfterValidator) and m.func is _relative_to_config for m in getattr(annotation, "__metadata__", ())): return True
+    return any(_has_config_path(a) for a in get_args(annotation))
+
+def resolve_config_paths(data: dict[str, Any], schema: type[BaseModel], config_dir: str | Path) -> dict[str, Any]:
+    "A copy of a raw config mapping with the `ConfigPath` fields of `schema` it holds resolved against `config_dir`."
+    base = Path(config_dir).resolve()
+    out = dict(data)
+    for name, field in schema.model_fields.items():
+        value = out.get(name)
+        if isinstance(value, str) and _has_config_path(field.annotation):
+            out[name] = value if Path(value).expanduser().is_absolute() else os.path.normpath(base / Path(value).expanduser())
+        elif isinstance(value, dict) and _has_config_path(field.annotation):   # dict[str, ConfigPath]
+            out[name] = {k: v if not isinstance(v, str) or Path(v).is_absolute() else os.path.normpath(base / v) for k, v in value.items()}
+    return out
 
 def load_config(path: str | Path, schema: type[_SchemaT]) -> _SchemaT:
     "Load `path` (YAML) and validate it against `schema`; paths inside are relative to the file; errors name file and key."

@@ -16,8 +16,9 @@ import pandas as pd
 
 from ..core import atomic_write_bytes, atomic_write_text, load_npz, read_json
 from ..lab.edge import MB
-from .matrix import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, MatrixConfig, RunSpec, expand_grid, load_matrix_config,
-                            manifest_path, run_status)
+from .grid import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, MatrixConfig, RunSpec, expand_grid,
+                                      load_matrix_config)
+from .matrix import manifest_path, run_status
 from ..lab.train import BASELINE_NAMES
 from .workbench import STAGES, Section, WorkbenchContext, write_report
 
@@ -89,7 +90,7 @@ def _model_row(runs: MatrixRuns, spec: RunSpec) -> dict[str, Any]:
     return row
 
 def comparison_table(runs: MatrixRuns) -> pd.DataFrame:
-    "The document's comparison table: one row per spline run, then the baselines of each data mode."
+    "The comparison table: one row per spline run, then the baselines of each data mode."
     rows = []
     for mode in dict.fromkeys(s.labels["data_mode"] for s in runs.spline_specs()):
         mine = [s for s in runs.spline_specs() if s.labels["data_mode"] == mode]
@@ -241,7 +242,7 @@ def _spline_sections(runs: MatrixRuns, ctx: WorkbenchContext, table: pd.DataFram
     "Comparison, spread/winners and forecast/error-plot sections."
     modes = {s.labels["data_mode"]: s.steps[0].parameters["config"].get("dataset", "?") for s in runs.spline_specs()}
     text = ("Walk-forward test part, original units; one row per run, then the baselines of each data mode. Data modes: " +
-            ", ".join(f"`{m}` = `{d}`" for m, d in modes.items()) + ". Columns follow the Phase 5 comparison template "
+            ", ".join(f"`{m}` = `{d}`" for m, d in modes.items()) + ". Columns: accuracy, then edge cost "
             "(robust MAPE and sMAPE are fractions; p50/p95 = Keras batch-1 latency; size = `best.keras`). "
             "CSV: [comparison.csv](comparison.csv).")
     summ = seed_summary(table)

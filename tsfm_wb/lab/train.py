@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,8 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, ValidationError, model_validator
 
-import tsfm_wb
-from ..core import (ConfigError, DataValidationError, ModelError, StrictModel, TsfmWbError, _format_validation_error,
+from ..core import (ConfigError, ConfigPath, DataValidationError, ModelError, StrictModel, TsfmWbError, _format_validation_error,
                           atomic_save_npz, atomic_write_json, atomic_write_text, df_to_markdown, get_logger, load_config,
                           load_npz, make_run_id, read_json, seed_everything, write_snapshot)
 from ..data import DATASETS, load_dataset
@@ -29,21 +29,20 @@ from .features import CalendarSpec, CovariateSchema, FeaturePipeline, load_covar
 from .models import MODEL_REGISTRY, build_model, get_model_class, param_count, parse_hparams
 
 # %% auto #0
-__all__ = ['DEFAULT_EPOCHS', 'DEFAULT_BATCH_SIZE', 'DEFAULT_PATIENCE', 'DEFAULT_SEED', 'DEFAULT_ARTIFACTS', 'DEFAULT_REPORT_DIR',
-           'BASELINE_NAMES', 'EVAL_METRICS', 'HORIZON_METRICS', 'PREDICT_BATCH', 'FORECAST_FILE', 'SplitFractions',
-           'SplineOptions', 'TrainConfig', 'parse_config', 'set_determinism', 'resolve_schema', 'load_frame',
-           'check_frame', 'PreparedData', 'prepare_data', 'train_model', 'walk_forward_windows', 'predict_scaled',
-           'forecasts', 'observed_targets', 'score', 'evaluate_arrays', 'processed_arrays', 'RunResult',
-           'run_experiment', 'LoadedRun', 'load_run', 'evaluate_run', 'predict', 'forecast_frame', 'forecast_latest',
-           'run_comparison', 'write_comparison_report', 'format_metrics', 'main']
+__all__ = ['DEFAULT_EPOCHS', 'DEFAULT_BATCH_SIZE', 'DEFAULT_PATIENCE', 'DEFAULT_SEED', 'RUNS_PREFIX', 'BASELINE_NAMES',
+           'EVAL_METRICS', 'HORIZON_METRICS', 'PREDICT_BATCH', 'FORECAST_FILE', 'SplitFractions', 'SplineOptions',
+           'TrainConfig', 'parse_config', 'set_determinism', 'resolve_schema', 'load_frame', 'check_frame',
+           'PreparedData', 'prepare_data', 'train_model', 'walk_forward_windows', 'predict_scaled', 'forecasts',
+           'observed_targets', 'score', 'evaluate_arrays', 'processed_arrays', 'RunResult', 'run_experiment',
+           'LoadedRun', 'load_run', 'evaluate_run', 'predict', 'forecast_frame', 'forecast_latest', 'run_comparison',
+           'write_comparison_report', 'format_metrics', 'main']
 
 # %% ../../nbs/lab/14_train.ipynb #f12dc994
 DEFAULT_EPOCHS = 50
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_PATIENCE = 8
 DEFAULT_SEED = 42
-DEFAULT_ARTIFACTS = "artifacts"
-DEFAULT_REPORT_DIR = "reports/spline_lstm"
+RUNS_PREFIX = "tsfm_wb-runs-"                            # temporary artifacts folder when a config names none
 BASELINE_NAMES = ("naive", "seasonal_naive", "moving_average")
 EVAL_METRICS = ("mae", "mse", "rmse", "mape", "smape", "mase", "r2")
 HORIZON_METRICS = ("mae", "rmse", "mase")
@@ -78,7 +77,7 @@ class TrainConfig(StrictModel):
     name: str = "run"                                   # label in the run id
     dataset: str                                        # a `tsfm_wb.data.DATASETS` name
     target: str | None = None                           # target column (default: the dataset's first)
-    covariates: str | None = None                       # covariate schema JSON (configs/covariates/*.json)
+    covariates: ConfigPath | None = None                # covariate schema JSON (in a YAML file: relative to it)
     data_mode: Literal["univariate", "multivariate"] = "univariate"  # univariate: the target only (F_total = 1)
     lookback: int = Field(ge=1)                         # input steps L
     horizon: int = Field(ge=1)                          # forecast steps H
@@ -98,7 +97,7 @@ class TrainConfig(StrictModel):
     mase_season: int = Field(1, ge=1)                   # lag of the MASE scale on the training part
     eval_stride: int = Field(1, ge=1)                   # steps between walk-forward origins
     max_rows: int | None = Field(None, ge=1)            # keep only the last rows (quick runs, tests)
-    artifacts_dir: str = DEFAULT_ARTIFACTS
+    artifacts_dir: ConfigPath | None = None             # run folders go here (None: a new temporary folder)
     verbose: int = Field(2, ge=0, le=2)                 # keras fit verbosity: 2 prints one line per epoch
 
 def parse_config(config: TrainConfig | dict | str | Path, **overrides: Any) -> TrainConfig:
@@ -118,17 +117,10 @@ def set_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 # %% ../../nbs/lab/14_train.ipynb #ddd795bd
-def _repo_path(path: str | Path) -> Path:
-    "`path` as given when it exists, else relative to the repository root (notebooks run from nbs/)."
-    p = Path(path)
-    if p.is_absolute() or p.exists(): return p
-    root = Path(tsfm_wb.__file__).resolve().parent.parent / p
-    return root if root.exists() else p
-
 def resolve_schema(cfg: TrainConfig) -> CovariateSchema:
     "The covariate schema of a run: the config's JSON (target-only in univariate mode) or a target-only default."
     info = DATASETS.get(cfg.dataset)
-    if cfg.covariates: schema = load_covariate_schema(_repo_path(cfg.covariates))
+    if cfg.covariates: schema = load_covariate_schema(cfg.covariates)
     else: schema = CovariateSchema(timestamp_col="ds", target_cols=["y"], freq=info.freq if info else None)
     if cfg.data_mode == "univariate":
         schema = schema.model_copy(update={"dynamic_covariates": [], "static_covariates": [],
@@ -357,7 +349,7 @@ def _model_hparams(cfg: TrainConfig, data: PreparedData) -> dict[str, Any]:
 
 # %% ../../nbs/lab/14_train.ipynb #e4543dba
 def _meta(run_id: str, cfg: TrainConfig, data: PreparedData, model: Any) -> dict[str, Any]:
-    "meta.json: the pipeline's Phase 5 fields plus shapes, split sizes and the model."
+    "meta.json: the pipeline's feature fields plus shapes, split sizes and the model."
     wd = data.windows
     return {**data.pipeline.meta(), "run_id": run_id, "dataset": cfg.dataset, "data_mode": cfg.data_mode,
             "model_type": cfg.model_type, "model_type_candidates": sorted(MODEL_REGISTRY), "X_shape": list(wd.X.shape),
@@ -373,7 +365,8 @@ def run_experiment(config: TrainConfig | dict | str | Path, df: pd.DataFrame | N
     set_determinism(cfg.seed)
     data = prepare_data(cfg, df)
     run_id = make_run_id(f"{cfg.name}-{cfg.model_type}-s{cfg.seed}", cfg)
-    run_dir = _fresh_dir(Path(cfg.artifacts_dir) / run_id); run_id = run_dir.name
+    base = Path(cfg.artifacts_dir) if cfg.artifacts_dir else Path(tempfile.mkdtemp(prefix=RUNS_PREFIX))
+    run_dir = _fresh_dir(base / run_id); run_id = run_dir.name
     write_snapshot(run_dir, cfg.seed, cfg)
     arrays = processed_arrays(data)
     atomic_save_npz(run_dir / "processed.npz", **arrays)
@@ -504,7 +497,7 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
 
 # %% ../../nbs/lab/14_train.ipynb #af0fd7ae
-def write_comparison_report(runs: Sequence[RunResult | str | Path], out_dir: str | Path = DEFAULT_REPORT_DIR,
+def write_comparison_report(runs: Sequence[RunResult | str | Path], out_dir: str | Path,
                             title: str = "Spline-LSTM lab: models vs baselines (walk-forward, test part)") -> dict[str, Path]:
     "Write results.json and results.md comparing finished runs (per dataset: models, baselines, verdicts)."
     metrics = [r.metrics if isinstance(r, RunResult) else read_json(Path(r) / "metrics.json") for r in runs]

@@ -21,16 +21,15 @@ from .postprocess import postprocess_quantiles
 from .schemas import TSFMForecastResponse, quantile_key
 
 # %% auto #0
-__all__ = ['BAND_SOURCES', 'ANY_SOURCE', 'DEFAULT_ALERTS_CONFIG', 'BAND_Q_LO', 'BAND_Q_HI', 'COOLDOWN_S', 'FOLLOW_MOVE',
-           'FOLLOW_WINDOW_S', 'FLOAT_TOL', 'BAND_COLUMNS', 'BandLevels', 'Gate1Settings', 'FollowThroughSettings',
-           'AlertSettings', 'load_alert_settings', 'bands_from_responses', 'bands_from_baseline', 'BreachEvent',
-           'BreachScan', 'detect_breaches', 'plot_breaches', 'Rate', 'breach_rate', 'follow_through',
-           'follow_through_rate', 'compare_band_sources', 'offline_band_frames']
+__all__ = ['BAND_SOURCES', 'ANY_SOURCE', 'BAND_Q_LO', 'BAND_Q_HI', 'COOLDOWN_S', 'FOLLOW_MOVE', 'FOLLOW_WINDOW_S', 'FLOAT_TOL',
+           'BAND_COLUMNS', 'BandLevels', 'Gate1Settings', 'FollowThroughSettings', 'AlertSettings',
+           'load_alert_settings', 'bands_from_responses', 'bands_from_baseline', 'BreachEvent', 'BreachScan',
+           'detect_breaches', 'plot_breaches', 'Rate', 'breach_rate', 'follow_through', 'follow_through_rate',
+           'compare_band_sources', 'offline_band_frames']
 
 # %% ../../nbs/tsfm/28_alerts.ipynb #6ca4c185
 BAND_SOURCES = ("tsfm_conformal", "tsfm_raw", "baseline")  # Gate1 band sources, the default first
 ANY_SOURCE = "*"                       # detector band_source: the freshest band whatever its source (a frame of served bands)
-DEFAULT_ALERTS_CONFIG = Path("configs/alerts.yaml")
 BAND_Q_LO, BAND_Q_HI = 0.1, 0.9        # the product's band: q10 / q90
 COOLDOWN_S = 3600.0                    # one alert per market per hour at most
 FOLLOW_MOVE = 0.03                     # meaningful move (probability units)
@@ -73,9 +72,9 @@ class AlertSettings(StrictModel):
     gate1: Gate1Settings = Field(default_factory=Gate1Settings)
     follow_through: FollowThroughSettings = Field(default_factory=FollowThroughSettings)
 
-def load_alert_settings(path: str | Path = DEFAULT_ALERTS_CONFIG) -> AlertSettings:
-    "Read and validate `configs/alerts.yaml`; errors name the file and the key."
-    return load_config(path, AlertSettings)
+def load_alert_settings(path: str | Path | None = None) -> AlertSettings:
+    "Alert settings from YAML such as `configs/alerts.yaml` (errors name the file and key); None: the built-in defaults."
+    return AlertSettings() if path is None else load_config(path, AlertSettings)
 
 # %% ../../nbs/tsfm/28_alerts.ipynb #2887893a
 BAND_COLUMNS = ("market_id", "ds", "lo", "hi", "q_lo", "q_hi", "band_source", "fallback_used", "model", "version",

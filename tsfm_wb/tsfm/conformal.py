@@ -58,9 +58,9 @@ class ConformalSettings(StrictModel):
             raise ValueError(f"segment_keys must be unique non-empty names without '|' or '=', got {list(v)}")
         return v
 
-def load_conformal_settings(path: str | Path = "configs/conformal.yaml") -> ConformalSettings:
-    "Read and validate conformal settings from YAML (errors name the file and key)."
-    return load_config(path, ConformalSettings)
+def load_conformal_settings(path: str | Path | None = None) -> ConformalSettings:
+    "Conformal settings from YAML (errors name the file and key); None: the built-in defaults."
+    return ConformalSettings() if path is None else load_config(path, ConformalSettings)
 
 # %% ../../nbs/tsfm/26_conformal.ipynb #685028bf
 def to_epoch_seconds(ts: Any) -> np.ndarray:
@@ -255,8 +255,8 @@ class _Persistence:
         return cls(**d)
 
     @classmethod
-    def from_config(cls, path: str | Path = "configs/conformal.yaml") -> Any:
-        "A calibrator from `configs/conformal.yaml`."
+    def from_config(cls, path: str | Path | None = None) -> Any:
+        "A calibrator from a settings file such as `configs/conformal.yaml` (None: the built-in defaults)."
         return cls.from_settings(load_conformal_settings(path))
 
     def to_dict(self) -> dict[str, Any]:
