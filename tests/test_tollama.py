@@ -202,7 +202,7 @@ def test_retry_after_is_honoured_when_it_fits(fake):
 
 def test_retry_skipped_when_retry_after_exceeds_the_remaining_budget(fake):
     fake.set(error_status=503, retry_after_s=30)
-    e = _fail(fake, BackendUnavailableError, deadline_s=1.0, retry_after_max_s=60)
+    e = _fail(fake, BackendUnavailableError, deadline_s=5.0, retry_after_max_s=60)   # Retry-After 30 s > the 5 s budget
     assert e.attempts == 1 and fake.stats.forecast_requests == 1
 
 
