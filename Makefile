@@ -74,8 +74,9 @@ lab: install ## JupyterLab on the repository (inline plots; also as root, as the
 docs: install ## render the docs from the notebooks into _docs/ (HTML, no quarto needed)
 	$(PY) .ci/render_docs.py
 
-serve: install ## the TSFM forecast service (FastAPI + uvicorn) on 127.0.0.1:8000; daemon address in configs/tsfm_runtime.yaml
-	$(BIN)/uvicorn --factory tsfm_wb.tsfm.api:create_app --host 127.0.0.1 --port 8000
+TOLLAMA_URL ?=
+serve: install ## the forecast service on 127.0.0.1:8000 (configs/runner.yaml); make serve TOLLAMA_URL=http://host:11435
+	$(BIN)/tsfm-wb serve --config configs/runner.yaml --host 127.0.0.1 --port 8000 $(if $(TOLLAMA_URL),--tollama-url $(TOLLAMA_URL))
 
 bench: install ## benchmarks; results under reports/bench/
 	$(PY) -m tsfm_wb.experiments.bench
