@@ -71,8 +71,8 @@ test: install ## all tests: export sync, notebook tests, pytest, nbval
 lab: install ## JupyterLab on the repository
 	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(CURDIR)
 
-docs: install ## render the docs from the notebooks into _docs/ (HTML, no quarto needed)
-	$(PY) .ci/render_docs.py
+docs: install ## the book as static HTML in _docs/ (sidebar, offline search); DOCS_ARGS=--force re-executes all
+	$(PY) .ci/render_docs.py $(DOCS_ARGS)
 
 serve: install ## the TSFM forecast service (FastAPI + uvicorn) on 127.0.0.1:8000; daemon address in configs/tsfm_runtime.yaml
 	$(BIN)/uvicorn --factory tsfm_wb.tsfm.api:create_app --host 127.0.0.1 --port 8000
