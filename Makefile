@@ -71,8 +71,8 @@ test: install ## all tests: export sync, notebook tests, pytest, nbval
 lab: install ## JupyterLab on the repository (inline plots; also as root, as these machines run)
 	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
-docs: install ## render the docs from the notebooks into _docs/ (HTML, no quarto needed)
-	$(PY) .ci/render_docs.py
+docs: install ## the book as static HTML in _docs/ (sidebar, offline search); DOCS_ARGS=--force re-executes all
+	$(PY) .ci/render_docs.py $(DOCS_ARGS)
 
 TOLLAMA_URL ?=
 serve: install ## the forecast service on 127.0.0.1:8000 (configs/runner.yaml); make serve TOLLAMA_URL=http://host:11435
