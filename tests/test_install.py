@@ -79,7 +79,7 @@ def test_every_default_config_loads_from_an_empty_directory(installed):
         from tsfm_wb.tsfm.conformal import load_conformal_settings
         from tsfm_wb.tsfm.alerts import load_alert_settings
         from tsfm_wb.tsfm.rollout import load_rollout_settings
-        from tsfm_wb.lab.edge import load_gate
+        from tsfm_wb.lab.edge_gate import load_gate
         loaded = {"runner": load_runner_config(), "tollama": load_tollama_config(), "postprocess": load_postprocess_settings(),
                   "conformal": load_conformal_settings(), "alerts": load_alert_settings(), "rollout": load_rollout_settings(),
                   "edge_gate": load_gate()}

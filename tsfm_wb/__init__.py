@@ -25,7 +25,7 @@ _FRONT_DOOR: dict[str, str] = {
              "smape", "mase", "coverage", "winkler_score", "mean_pinball"),
     **_names("tsfm_wb.backtest", "make_baseline", "backtest_baseline", "walk_forward_splits"),
     **_names("tsfm_wb.lab.train", "TrainConfig", "run_experiment", "load_run"),
-    **_names("tsfm_wb.lab.edge", "edge_gate", "load_gate"),
+    **_names("tsfm_wb.lab.edge_gate", "edge_gate", "load_gate"),
     **_names("tsfm_wb.tsfm.schemas", "TSFMForecastRequest", "TSFMForecastResponse"),
     **_names("tsfm_wb.tsfm.tollama", "TollamaAdapter", "TollamaConfig", "load_tollama_config"),
     **_names("tsfm_wb.tsfm.fake_tollama", "serve_fake_tollama"),
