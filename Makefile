@@ -51,8 +51,8 @@ export: install ## notebooks -> tsfm_wb/ (nbdev_export)
 check-export: install ## fail if tsfm_wb/ is not what the notebooks export
 	bash .ci/check_export.sh
 
-nbtest: install ## the notebooks' own test cells (nbdev_test)
-	$(BIN)/nbdev_test --n_workers 2 --timing
+nbtest: install ## run every notebook's cells (as nbdev_test does) and render the book into _docs/; fails on any error or undocumented name
+	$(PY) .ci/render_docs.py --force
 
 pytest: install ## pytest tests/
 	$(BIN)/pytest -q tests

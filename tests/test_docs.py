@@ -1,6 +1,6 @@
-"""`make docs` logic on small inputs (the full render executes every notebook and is not part of `make test`):
-book order and groups, links from file://, the search index, and the check that every public function and class
-has an entry of its own."""
+"""The book renderer on small inputs: book order and groups, links from file://, the search index, the check that
+every public function and class has an entry of its own, and the notebook run itself (a failing cell fails it).
+`make test` runs the full render as its notebook step (`make nbtest`), so `make docs` afterwards reuses it."""
 import importlib.util
 import json
 import re
@@ -143,3 +143,32 @@ def test_pydantic_models_get_a_table_of_their_fields(tmp_path, monkeypatch):
     md = apidoc.show_doc(demo.Demo)._repr_markdown_()
     assert 'data-name="Demo"' in md and "class Demo(BaseModel)" in md and "**data" not in md
     assert book.doc_entries(md) == {"Demo"}
+
+
+def _demo_notebook(path, *sources: str) -> None:
+    cells = [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "outputs": [], "execution_count": None, "source": s}
+             for i, s in enumerate(sources)]
+    path.write_text(json.dumps({"cells": [{"cell_type": "markdown", "id": "t", "metadata": {}, "source": "# demo\n> A demo."},
+                                          *cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+
+
+def _render(tmp_path, *sources: str) -> dict:
+    "Render one notebook in its own process, as `make nbtest` does; its meta (error is None when every cell passed)."
+    import shutil, subprocess
+    (tmp_path / "nbs").mkdir(exist_ok=True); shutil.copy(REPO_ROOT / "settings.ini", tmp_path / "settings.ini")
+    src = tmp_path / "nbs" / "99_demo.ipynb"; _demo_notebook(src, *sources)
+    job = {"src": str(src), "rel": "99_demo.ipynb", "key": "k", "execute": True, "expect": 1, "cache": str(tmp_path / "cache"),
+           "root": str(REPO_ROOT)}
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    code = (f"import sys; sys.path.insert(0, {str(REPO_ROOT / '.ci' / 'docs')!r}); import execute; "
+            f"execute.render_notebook({job!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    return json.loads((tmp_path / "cache" / "99_demo.json").read_text())
+
+
+def test_a_failing_cell_fails_the_notebook_and_skip_flags_are_honoured(tmp_path):
+    """The book build is the notebook test run: a failing assert must be reported, a `#| slow` cell skipped."""
+    ok = _render(tmp_path, "x = 1", "#| slow\nassert False, 'slow cells are skipped'", "#| eval: false\n1 / 0", "assert x == 1")
+    assert ok["error"] is None, ok["error"]
+    bad = _render(tmp_path, "x = 1", "assert x == 2, 'x must be two'")
+    assert "AssertionError" in bad["error"] and "x must be two" in bad["error"]
