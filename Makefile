@@ -51,8 +51,8 @@ export: install ## notebooks -> tsfm_wb/ (nbdev_export)
 check-export: install ## fail if tsfm_wb/ is not what the notebooks export
 	bash .ci/check_export.sh
 
-nbtest: install ## the notebooks' own test cells (nbdev_test)
-	$(BIN)/nbdev_test --n_workers 2 --timing
+nbtest: install ## run every notebook's cells (as nbdev_test does) and render the book into _docs/; fails on any error or undocumented name
+	$(PY) .ci/render_docs.py --force
 
 pytest: install ## pytest tests/
 	$(BIN)/pytest -q tests
@@ -71,11 +71,12 @@ test: install ## all tests: export sync, notebook tests, pytest, nbval
 lab: install ## JupyterLab on the repository (inline plots; also as root, as these machines run)
 	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
 
-docs: install ## render the docs from the notebooks into _docs/ (HTML, no quarto needed)
-	$(PY) .ci/render_docs.py
+docs: install ## the book as static HTML in _docs/ (sidebar, offline search); DOCS_ARGS=--force re-executes all
+	$(PY) .ci/render_docs.py $(DOCS_ARGS)
 
-serve: install ## the TSFM forecast service (FastAPI + uvicorn) on 127.0.0.1:8000; daemon address in configs/tsfm_runtime.yaml
-	$(BIN)/uvicorn --factory tsfm_wb.tsfm.api:create_app --host 127.0.0.1 --port 8000
+TOLLAMA_URL ?=
+serve: install ## the forecast service on 127.0.0.1:8000 (configs/runner.yaml); make serve TOLLAMA_URL=http://host:11435
+	$(BIN)/tsfm-wb serve --config configs/runner.yaml --host 127.0.0.1 --port 8000 $(if $(TOLLAMA_URL),--tollama-url $(TOLLAMA_URL))
 
 bench: install ## benchmarks; results under reports/bench/
 	$(PY) -m tsfm_wb.experiments.bench

@@ -31,7 +31,8 @@ from .. import __version__
 from ..tsfm.api import create_app
 from ..core import BackendError, StrictModel, atomic_write_json, atomic_write_text, get_logger
 from ..data import simulate_markets
-from ..tsfm.runner import DEFAULT_RUNNER_CONFIG, RunnerConfig, TSFMRunner, load_runner_config
+from ..tsfm.runner.service import TSFMRunner
+from ..tsfm.runner.settings import RunnerConfig, load_runner_config
 from ..tsfm.schemas import TSFMForecastRequest
 from ..tsfm.tollama import TollamaAdapter, load_tollama_config
 
@@ -55,7 +56,7 @@ class BenchSettings(StrictModel):
     n_http: int = Field(100, ge=10)            # requests through FastAPI
     warmup: int = Field(10, ge=0)
     seed: int = 0
-    runner_config: str = DEFAULT_RUNNER_CONFIG
+    runner_config: str | None = None                     # a runner YAML (None: the built-in RunnerConfig)
     out_dir: str = BENCH_DIR
 
 # %% ../../nbs/experiments/53_bench.ipynb #7358962e
@@ -259,7 +260,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# TSFM runner benchmark", "",
              f"{report['created_utc']}, tsfm_wb {env['tsfm_wb']}, Python {env['python']}, {env['cpu_count']} CPUs ({env['platform']}). "
              f"Fake tollama daemon in its own process: {s['latency_s'] * 1000:g} ms per request (+ {s['per_series_cost_s'] * 1000:g} ms per series on the one-at-a-time daemon); "
-             f"{s['n_markets']} markets x {s['n_points']} points; runner config `{s['runner_config']}`.", "",
+             f"{s['n_markets']} markets x {s['n_points']} points; runner config `{s['runner_config'] or 'built-in defaults'}`.", "",
              "| check | value | target | ratio | pass |", "|---|---|---|---|---|"]
     for c in report["checks"]:
         lines.append(f"| {c['name']} | {c['value']:.3g} {c['unit']} | {c['op']} {c['target']:g} {c['unit']} | {c['ratio']:.2f} | "
@@ -298,7 +299,7 @@ async def _measure(cfg: RunnerConfig, s: BenchSettings) -> dict[str, Any]:
 async def arun_bench(settings: BenchSettings | None = None, config: RunnerConfig | None = None) -> dict[str, Any]:
     "Run the benchmark (`config` defaults to `settings.runner_config`), write `runner.json` and `runner.md`, return the report."
     s = settings or BenchSettings()
-    cfg = config or load_runner_config(s.runner_config)
+    cfg = config or (RunnerConfig() if s.runner_config is None else load_runner_config(s.runner_config))
     t0 = time.perf_counter()
     results = await _measure(cfg, s)
     report = {"created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "environment": _environment(),

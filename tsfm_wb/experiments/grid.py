@@ -35,7 +35,7 @@ SPEC_FILE = "run_spec.json"                 # the spec a run folder was made for
 ERROR_FILE = "error.json"                   # written when a step fails
 KERNEL_LOG = "kernel.log"                   # the kernels' own stdout/stderr (TensorFlow logs...) under the process pool
 METRICS_FILE = "metrics.json"               # written last by a finished training / evaluation step
-PARITY_OUTPUT = "edge/parity.json"          # written by the edge step (tsfm_wb.lab.edge.write_parity)
+PARITY_OUTPUT = "edge/parity.json"          # written by the edge step (tsfm_wb.lab.edge_gate.write_parity)
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 # %% ../../nbs/experiments/50a_grid.ipynb #76a34fc9
@@ -79,7 +79,7 @@ class MatrixConfig(StrictModel):
     artifacts_dir: ConfigPath = "artifacts"
     reports_dir: ConfigPath = "reports"
     notebooks_dir: ConfigPath | None = None                     # papermill notebooks (None: those shipped with tsfm_wb)
-    edge_gate: ConfigPath | None = None                         # tsfm_wb.lab.edge gate config (None: built-in defaults)
+    edge_gate: ConfigPath | None = None                         # tsfm_wb.lab.edge_gate config (None: built-in defaults)
     workers: int = Field(DEFAULT_WORKERS, ge=1)
     kernel_name: str = KERNEL_NAME
     cell_timeout_s: int = Field(CELL_TIMEOUT_S, ge=1)

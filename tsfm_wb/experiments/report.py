@@ -143,7 +143,7 @@ def short_label(spec: RunSpec) -> str:
 
 def edge_summary(runs: MatrixRuns) -> pd.DataFrame:
     "One row per spline run: document gate and strict targets per format ('PASS' or 'FAIL (criteria)'), 'missing' when absent."
-    from tsfm_wb.lab.edge import evaluate_gate, load_gate
+    from tsfm_wb.lab.edge_gate import evaluate_gate, load_gate
     gate = load_gate(runs.root / runs.config.edge_gate if runs.config.edge_gate else None)
     rows = []
     for s in runs.spline_specs():
@@ -158,8 +158,8 @@ def edge_summary(runs: MatrixRuns) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 def edge_markdown(runs: MatrixRuns) -> str:
-    "The full edge gate table (tsfm_wb.lab.edge.gate_table) of every run with an edge report."
-    from tsfm_wb.lab.edge import gate_table, load_gate
+    "The full edge gate table (tsfm_wb.lab.edge_gate.gate_table) of every run with an edge report."
+    from tsfm_wb.lab.edge_gate import gate_table, load_gate
     gate = load_gate(runs.root / runs.config.edge_gate if runs.config.edge_gate else None)
     reps = {short_label(s): runs.parity[s.run_id] for s in runs.spline_specs() if s.run_id in runs.parity}
     return gate_table(reps, gate) if reps else "_No edge reports yet._"
@@ -273,7 +273,7 @@ def gate_description(gate: Any) -> str:
 
 def _edge_section(runs: MatrixRuns, ctx: WorkbenchContext) -> Section:
     "The edge gate section: summary, full table, latency plot."
-    from tsfm_wb.lab.edge import load_gate
+    from tsfm_wb.lab.edge_gate import load_gate
     gate = load_gate(runs.root / runs.config.edge_gate if runs.config.edge_gate else None)
     md = edge_markdown(runs)
     atomic_write_text(ctx.out_dir / "edge_gate.md", "# Edge gate\n\n" + md + "\n")

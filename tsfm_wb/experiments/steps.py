@@ -43,7 +43,7 @@ def train_eval_step(run_dir: str | Path, config: dict[str, Any]) -> dict[str, An
 # %% ../../nbs/experiments/51a_steps.ipynb #7a8feb90
 def edge_parity_step(run_dir: str | Path, gate_config: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
     "Export a finished run to ONNX/TFLite, measure parity/latency/size on all test windows, gate it; returns the report."
-    from tsfm_wb.lab.edge import edge_gate, load_gate
+    from tsfm_wb.lab.edge_gate import edge_gate, load_gate
     from tsfm_wb.lab.train import load_run
     run = load_run(run_dir)
     idx = run.arrays["test_idx"]
@@ -83,7 +83,8 @@ def _runner_forecaster(cfg: TsfmEvalConfig, freq: str) -> Iterator[tuple[Any, di
             counts["baseline"] = counts.get("baseline", 0) + 1; return baseline_quantiles(y, h, qs)
         yield base, counts; return
     from tsfm_wb.tsfm.fake_tollama import serve_fake_tollama
-    from tsfm_wb.tsfm.runner import RunnerConfig, TSFMRunner, load_runner_config
+    from tsfm_wb.tsfm.runner.service import TSFMRunner
+    from tsfm_wb.tsfm.runner.settings import RunnerConfig, load_runner_config
     from tsfm_wb.tsfm.schemas import ModelSpec, TSFMForecastRequest, quantile_key
     from tsfm_wb.tsfm.tollama import TollamaAdapter, load_tollama_config
     with contextlib.ExitStack() as stack:

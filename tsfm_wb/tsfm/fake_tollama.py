@@ -25,7 +25,7 @@ from fastcore.basics import patch
 
 from ..core import BackendError, ConfigError
 from .schemas import quantile_key
-from .tollama_protocol import (ApiForecastIn, DaemonError, ForecastBackend, ForecastIn, SeriesIn, check_bearer,
+from .daemon_protocol import (ApiForecastIn, DaemonError, ForecastBackend, ForecastIn, SeriesIn, check_bearer,
                                            error_body, install_error_handlers, start_timestamp, timeout_error)
 
 # %% auto #0

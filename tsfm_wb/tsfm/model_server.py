@@ -31,7 +31,7 @@ from ..core import BackendError, ConfigError, DataValidationError
 from .fake_tollama import FakeOptions, FakeTollama
 from .schemas import quantile_key
 from .served_models import ModelRegistry, SeriesAnswer, default_registry, model_spec
-from .tollama_protocol import ForecastIn, bad_request, runner_error, start_timestamp
+from .daemon_protocol import ForecastIn, bad_request, runner_error, start_timestamp
 
 # %% auto #0
 __all__ = ['DEFAULT_HOST', 'DEFAULT_PORT', 'Ticket', 'WorkerPool', 'ModelBackend', 'ModelServer', 'serve_models', 'main',
