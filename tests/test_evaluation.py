@@ -9,7 +9,7 @@ import pytest
 from tsfm_wb.data import DATASETS, load_dataset
 from tsfm_wb.tsfm.evaluation import SeriesContext, TollamaForecaster, evaluate_conformal, rolling_forecasts, warning_summary
 from tsfm_wb.tsfm.model_server import serve_models
-from tsfm_wb.tsfm.tollama import ModelNotFoundError
+from tsfm_wb.tsfm.tollama_protocol import ModelNotFoundError
 
 FREQ = DATASETS["polymarket"].freq
 

@@ -12,8 +12,8 @@ from tsfm_wb.tsfm.baselines import inv_logit, logit
 from tsfm_wb.tsfm.model_server import model_server_process, serve_models
 from tsfm_wb.tsfm.schemas import FallbackReason
 from tsfm_wb.tsfm.served_models import default_registry
-from tsfm_wb.tsfm.tollama import (BackendRequestError, BackendUnavailableError, ModelNotFoundError, TollamaAdapter, TollamaConfig,
-                                  TollamaSeries)
+from tsfm_wb.tsfm.tollama import TollamaAdapter, TollamaConfig
+from tsfm_wb.tsfm.tollama_protocol import BackendRequestError, BackendUnavailableError, ModelNotFoundError, TollamaSeries
 
 MODELS = default_registry().names()
 QUANTILES = [0.05, 0.1, 0.5, 0.9, 0.95]

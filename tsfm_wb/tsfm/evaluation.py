@@ -23,7 +23,8 @@ from .conformal import UNKNOWN, ConformalCalibrator, conformal_replay, to_epoch_
 from ..core import DataValidationError
 from ..metrics import coverage, interval_width, pinball_loss, winkler_score
 from .postprocess import PostprocessSettings, postprocess_quantiles
-from .tollama import TollamaAdapter, TollamaConfig, TollamaSeries
+from .tollama import TollamaAdapter, TollamaConfig
+from .tollama_protocol import TollamaSeries
 
 # %% auto #0
 __all__ = ['EVAL_QUANTILES', 'BASE_BAND', 'LEVELS', 'MIN_CONTEXT', 'MAX_CONTEXT', 'TEST_FRACTION', 'HOLDOUT_FRACTION', 'SCHEMES',
