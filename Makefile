@@ -23,7 +23,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # Notebooks nbval runs top to bottom (outputs are data-dependent, hence --nbval-lax).
 NBVAL_NBS := nbs/index.ipynb nbs/01_data.ipynb nbs/02_metrics.ipynb nbs/lab/10_spline.ipynb nbs/lab/16_eda.ipynb nbs/lab/17_error_analysis.ipynb nbs/tsfm/41_replay.ipynb
 
-.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench clean lock api-pin serve matrix
+.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench clean lock api-pin serve serve-models matrix
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ docs: install ## the book as static HTML in _docs/ (sidebar, offline search); DO
 TOLLAMA_URL ?=
 serve: install ## the forecast service on 127.0.0.1:8000 (configs/runner.yaml); make serve TOLLAMA_URL=http://host:11435
 	$(BIN)/tsfm-wb serve --config configs/runner.yaml --host 127.0.0.1 --port 8000 $(if $(TOLLAMA_URL),--tollama-url $(TOLLAMA_URL))
+
+serve-models: install ## the embedded tollama-protocol model server on 127.0.0.1:11435 (statsforecast models + mock)
+	$(BIN)/tsfm-wb serve-models --host 127.0.0.1 --port 11435
 
 bench: install ## benchmarks; results under reports/bench/
 	$(PY) -m tsfm_wb.experiments.bench

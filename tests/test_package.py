@@ -135,6 +135,21 @@ def _defined_module(nb: dict) -> str | None:
     return None
 
 
+def test_book_order_is_import_order():
+    """No notebook imports a module that a later notebook defines (the package root, the lazy front door, aside)."""
+    book = _book()
+    order = {mod: key for key, _, nb in book if (mod := _defined_module(nb))}
+    assert len(order) >= 20, order
+    late = []
+    for key, path, nb in book:
+        src = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        for mod in set(_IMPORTS.findall(src)):
+            owner = next((m for m in sorted(order, key=len, reverse=True) if mod == m or mod.startswith(m + ".")), None)
+            if owner not in (None, "tsfm_wb") and order[owner] > key:
+                late.append(f"{path.relative_to(REPO_ROOT)} imports {mod} (defined later, in notebook {order[owner]})")
+    assert not late, "\n".join(late)
+
+
 def test_book_numbers_are_unique():
     keys = [key for key, _, _ in _book()]
     assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)

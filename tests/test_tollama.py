@@ -1,5 +1,5 @@
 """TollamaAdapter against the fake tollama daemon over real HTTP on 127.0.0.1 (nothing patched). The config, the
-typed errors, series, payloads and answer parsing on their own are tested in nbs/tsfm/21_tollama.ipynb."""
+typed errors, series, payloads and answer parsing on their own are tested in nbs/tsfm/22_tollama.ipynb."""
 from __future__ import annotations
 
 import asyncio

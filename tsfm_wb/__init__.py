@@ -29,6 +29,7 @@ _FRONT_DOOR: dict[str, str] = {
     **_names("tsfm_wb.tsfm.schemas", "TSFMForecastRequest", "TSFMForecastResponse"),
     **_names("tsfm_wb.tsfm.tollama", "TollamaAdapter", "TollamaConfig", "load_tollama_config"),
     **_names("tsfm_wb.tsfm.fake_tollama", "serve_fake_tollama"),
+    **_names("tsfm_wb.tsfm.model_server", "serve_models"),
     **_names("tsfm_wb.tsfm.baselines", "baseline_forecast"),
     **_names("tsfm_wb.tsfm.conformal", "ConformalCalibrator"),
     **_names("tsfm_wb.tsfm.runner.service", "TSFMRunner"),
