@@ -178,9 +178,10 @@ def exported_modules(nb, default: str | None) -> list[str]:
 
 
 def public_callables(module: str) -> list[str]:
-    "A module's public functions and classes: the names of its `__all__` that the docs must cover."
+    "A module's own public functions and classes (not re-exports): the names of its `__all__` that the docs must cover."
     m = importlib.import_module(module)
-    return [n for n in getattr(m, "__all__", []) if inspect.isfunction(o := getattr(m, n)) or inspect.isclass(o)]
+    own = lambda o: getattr(o, "__module__", module) == module     # a re-export is documented (and checked) where it is defined
+    return [n for n in getattr(m, "__all__", []) if (inspect.isfunction(o := getattr(m, n)) or inspect.isclass(o)) and own(o)]
 
 
 def render_notebook(job: dict) -> None:
