@@ -91,5 +91,6 @@ clean: ## remove the venv, caches and generated docs (keeps artifacts/ and repor
 
 api-pin: install ## re-pin the public API snapshot (tests/public_api.json) after a deliberate change
 	$(PY) -c "import importlib, json; from tsfm_wb._modidx import d; \
-	api = {m: sorted(importlib.import_module(m).__all__) for m in sorted(d['syms'])}; \
+	import tsfm_wb; api = {m: sorted(importlib.import_module(m).__all__) for m in sorted(d['syms'])}; \
+	api['tsfm_wb'] = sorted(tsfm_wb.__all__); \
 	open('tests/public_api.json', 'w').write(json.dumps(api, indent=1, sort_keys=True) + '\n')"

@@ -21,8 +21,8 @@ import yaml
 from conftest import REPO_ROOT
 
 from tsfm_wb.core import ConfigError, read_json
-from tsfm_wb.experiments.matrix import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, SPEC_FILE, expand_grid, load_matrix_config, run_matrix,
-                            run_status)
+from tsfm_wb.experiments.grid import ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, SPEC_FILE, expand_grid, load_matrix_config
+from tsfm_wb.experiments.matrix import run_matrix, run_status
 
 LOG = "executions.log"
 # Toy step notebooks: log the execution, fail when the model type says so, write the step's output.

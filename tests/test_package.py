@@ -4,6 +4,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def test_hand_edit_is_caught(repo_copy: Path):
 
 
 def _public_api() -> dict[str, list[str]]:
-    return {m: sorted(importlib.import_module(m).__all__) for m in MODULES}
+    "Each module's __all__, and the front door's (key 'tsfm_wb')."
+    return {m: sorted(importlib.import_module(m).__all__) for m in MODULES} | {"tsfm_wb": sorted(tsfm_wb.__all__)}
 
 
 def test_public_api_pinned():
@@ -107,3 +109,40 @@ def test_no_pickle_anywhere():
     """Nothing in the package may pickle or unpickle: state is JSON, npz (allow_pickle=False), .keras, ONNX."""
     offenders = {py.name: uses for py in sorted((REPO_ROOT / "tsfm_wb").rglob("*.py")) if (uses := _pickle_uses(py.read_text()))}
     assert not offenders, offenders
+
+
+# ---- the book's order is the import order --------------------------------------------------------------------------
+_NB_NUMBER = re.compile(r"^(\d+)([a-z]?)_")
+_IMPORTS = re.compile(r"(?:from|import)\s+(tsfm_wb(?:\.[a-z_]+)+)")
+
+
+def _book() -> list[tuple[tuple[int, str], Path, dict]]:
+    "Numbered notebooks of the book (not the unnumbered index tour, not the papermill notebooks), in book order."
+    out = []
+    for nb in sorted(REPO_ROOT.joinpath("nbs").rglob("*.ipynb")):
+        m = _NB_NUMBER.match(nb.name)
+        if m and "papermill" not in nb.parts and ".ipynb_checkpoints" not in nb.parts:
+            out.append(((int(m.group(1)), m.group(2)), nb, json.loads(nb.read_text())))
+    return sorted(out, key=lambda t: t[0])
+
+
+def _defined_module(nb: dict) -> str | None:
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        if cell["cell_type"] == "code" and src.startswith("#| default_exp"):
+            mod = src.split()[2].removesuffix(".__init__")
+            return "tsfm_wb" if mod == "__init__" else f"tsfm_wb.{mod}"
+    return None
+
+
+def test_book_numbers_are_unique():
+    keys = [key for key, _, _ in _book()]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+
+
+def test_every_notebook_names_its_kernel():
+    """papermill and JupyterLab read the kernel and language from the notebook: no -k/--language needed."""
+    for nb in sorted(REPO_ROOT.joinpath("nbs").rglob("*.ipynb")):
+        meta = json.loads(nb.read_text())["metadata"]
+        assert meta.get("kernelspec", {}).get("name") == "python3", nb
+        assert meta.get("kernelspec", {}).get("language") == "python" and meta.get("language_info", {}).get("name") == "python", nb

@@ -14,7 +14,8 @@ import yaml
 from conftest import REPO_ROOT
 
 from tsfm_wb.core import TsfmWbError, read_json
-from tsfm_wb.experiments.matrix import load_matrix_config, render_report, run_matrix
+from tsfm_wb.experiments.grid import load_matrix_config
+from tsfm_wb.experiments.matrix import render_report, run_matrix
 from tsfm_wb.experiments.report import COMPARISON_COLUMNS, collect_runs, comparison_table, edge_summary, seed_summary
 
 

@@ -22,8 +22,8 @@ _FRONT_DOOR: dict[str, str] = {
              "LicenseError", "load_config", "configure_logging", "seed_everything"),
     **_names("tsfm_wb.data", "load_dataset", "list_datasets", "register_dataset", "simulate_markets"),
     **_names("tsfm_wb.metrics", "evaluate_point", "evaluate_interval", "evaluate_by_horizon", "mae", "rmse",
-             "smape", "mase", "coverage", "winkler_score", "mean_pinball", "make_baseline", "backtest_baseline",
-             "walk_forward_splits"),
+             "smape", "mase", "coverage", "winkler_score", "mean_pinball"),
+    **_names("tsfm_wb.backtest", "make_baseline", "backtest_baseline", "walk_forward_splits"),
     **_names("tsfm_wb.lab.train", "TrainConfig", "run_experiment", "load_run"),
     **_names("tsfm_wb.lab.edge", "edge_gate", "load_gate"),
     **_names("tsfm_wb.tsfm.schemas", "TSFMForecastRequest", "TSFMForecastResponse"),
@@ -33,7 +33,8 @@ _FRONT_DOOR: dict[str, str] = {
     **_names("tsfm_wb.tsfm.conformal", "ConformalCalibrator"),
     **_names("tsfm_wb.tsfm.runner", "TSFMRunner", "RunnerConfig", "load_runner_config"),
     **_names("tsfm_wb.tsfm.api", "create_app"),
-    **_names("tsfm_wb.experiments.matrix", "MatrixConfig", "load_matrix_config", "run_matrix"),
+    **_names("tsfm_wb.experiments.grid", "MatrixConfig", "load_matrix_config"),
+    **_names("tsfm_wb.experiments.matrix", "run_matrix"),
 }
 __all__ = sorted([*_FRONT_DOOR, "__version__"])
 

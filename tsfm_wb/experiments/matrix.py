@@ -8,210 +8,29 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
-import copy
 import multiprocessing
 import os
 import re
-import shutil
 import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import Field, ValidationError, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from ..core import (ConfigError, ConfigPath, StrictModel, TsfmWbError, _format_validation_error, atomic_write_json,
-                          config_hash, configure_logging, get_logger, load_config, read_json, read_yaml, resolve_config_paths)
+from ..core import ConfigError, TsfmWbError, atomic_write_json, configure_logging, get_logger, read_json
+from .grid import (CELL_TIMEOUT_S, ERROR_FILE, EXECUTORS, KERNEL_LOG, KERNEL_NAME, MATRIX_CONFIG, PROFILES,
+                                      SPEC_FILE, START_TIMEOUT_S,
+                                      MatrixConfig, NotebookStep, RunSpec, expand_grid, load_matrix_config, papermill_dir)
 
 # %% auto #0
-__all__ = ['MATRIX_CONFIG', 'PROFILES', 'EXECUTORS', 'MODEL_TYPES', 'SEEDS', 'DEFAULT_WORKERS', 'KERNEL_NAME', 'START_TIMEOUT_S',
-           'CELL_TIMEOUT_S', 'SPEC_FILE', 'ERROR_FILE', 'KERNEL_LOG', 'METRICS_FILE', 'PARITY_OUTPUT', 'STAGING_DIR',
-           'EVAL_AS_OF', 'SplineGrid', 'TsfmRun', 'Profile', 'ReportSettings', 'MatrixConfig', 'load_matrix_config',
-           'papermill_dir', 'NotebookStep', 'RunSpec', 'expand_grid', 'run_status', 'execute_notebook', 'execute_run',
-           'MatrixResult', 'manifest_path', 'run_matrix', 'train_eval_step', 'edge_parity_step', 'TsfmEvalConfig',
-           'tsfm_eval_step', 'render_report', 'main']
-
-# %% ../../nbs/experiments/51_matrix.ipynb #dac92926
-MATRIX_CONFIG = "configs/matrix.yaml"       # the command line's default --config (the repository's matrix)
-PROFILES = ("quick", "full")                # profiles every matrix config must define
-EXECUTORS = ("process", "dask")
-MODEL_TYPES = ("lstm", "gru", "attention_lstm")
-SEEDS = (42, 2026)
-DEFAULT_WORKERS = 2                         # parallel runs (each run executes its notebooks one after another)
-KERNEL_NAME = "python3"
-START_TIMEOUT_S = 180                       # kernel start-up allowance (a loaded machine is slow)
-CELL_TIMEOUT_S = 3600                       # one notebook cell may run this long
-SPEC_FILE = "run_spec.json"                 # the spec a run folder was made for (its hash decides reuse)
-ERROR_FILE = "error.json"                   # written when a step fails
-KERNEL_LOG = "kernel.log"                   # the kernels' own stdout/stderr (TensorFlow logs...) under the process pool
-METRICS_FILE = "metrics.json"               # written last by a finished training / evaluation step
-PARITY_OUTPUT = "edge/parity.json"          # written by the edge step (tsfm_wb.lab.edge.write_parity)
-_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-# %% ../../nbs/experiments/51_matrix.ipynb #76a34fc9
-class SplineGrid(StrictModel):
-    "The spline-LSTM grid: model types x data modes x seeds, one base train config per data mode."
-    data_modes: dict[str, ConfigPath]                           # data mode -> base train config (YAML)
-    model_types: list[str] = Field(default_factory=lambda: list(MODEL_TYPES), min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: list(SEEDS), min_length=1)
-    keys: dict[Literal["model_type", "seed", "data_mode"], str] = Field(  # where grid values go (dotted keys)
-        default_factory=lambda: {"model_type": "model_type", "seed": "seed", "data_mode": "data_mode"})
-    edge: bool = True                                           # run the edge_parity step after training
-
-    @field_validator("data_modes")
-    @classmethod
-    def _modes(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [m for m in v if not re.match(_NAME_RE, m)]
-        if not v or bad: raise ValueError(f"give at least one data mode; names must match {_NAME_RE} (bad: {bad})")
-        return v
-
-class TsfmRun(StrictModel):
-    "One TSFM evaluation run: a name and the config passed to the `tsfm_eval` notebook."
-    name: str = Field(pattern=_NAME_RE)
-    config: dict[str, Any] = {}
-
-class Profile(StrictModel):
-    "Overrides of one profile, deep-merged into the base configs."
-    train: dict[str, Any] = {}                                  # into every spline-LSTM train config
-    train_by_mode: dict[str, dict[str, Any]] = {}               # into the train configs of one data mode (after `train`)
-    edge: dict[str, Any] = {}                                   # extra parameters of the edge_parity step
-    tsfm: dict[str, Any] = {}                                   # into every TSFM run's config
-
-class ReportSettings(StrictModel):
-    "What the report notebook renders."
-    title: str = "tsfm-wb benchmark report"
-    workbench_stages: list[str] = []                            # tsfm_wb.experiments.workbench stages added to the report
-
-# %% ../../nbs/experiments/51_matrix.ipynb #2a3b30de
-class MatrixConfig(StrictModel):
-    "The experiment matrix (`configs/matrix.yaml`)."
-    name: str = Field(pattern=_NAME_RE)
-    artifacts_dir: ConfigPath = "artifacts"
-    reports_dir: ConfigPath = "reports"
-    notebooks_dir: ConfigPath | None = None                     # papermill notebooks (None: those shipped with tsfm_wb)
-    edge_gate: ConfigPath | None = None                         # tsfm_wb.lab.edge gate config (None: built-in defaults)
-    workers: int = Field(DEFAULT_WORKERS, ge=1)
-    kernel_name: str = KERNEL_NAME
-    cell_timeout_s: int = Field(CELL_TIMEOUT_S, ge=1)
-    spline: SplineGrid | None = None
-    tsfm: list[TsfmRun] = []
-    profiles: dict[str, Profile] = Field(default_factory=lambda: {p: Profile() for p in PROFILES})
-    report: ReportSettings = ReportSettings()
-
-    @model_validator(mode="after")
-    def _check(self) -> MatrixConfig:
-        missing = [p for p in PROFILES if p not in self.profiles]
-        if missing: raise ValueError(f"profiles {missing} are missing; every matrix defines {list(PROFILES)}")
-        names = [r.name for r in self.tsfm]
-        if len(set(names)) != len(names): raise ValueError(f"tsfm run names must be unique, got {names}")
-        if self.spline is None and not self.tsfm: raise ValueError("the matrix is empty: give 'spline' and/or 'tsfm' runs")
-        modes = set(self.spline.data_modes) if self.spline else set()
-        for name, prof in self.profiles.items():
-            bad = sorted(set(prof.train_by_mode) - modes)
-            if bad: raise ValueError(f"profiles.{name}.train_by_mode names unknown data mode(s) {bad}; the grid has {sorted(modes)}")
-        return self
-
-def load_matrix_config(path: str | Path) -> MatrixConfig:
-    "Load and validate a matrix config (YAML; paths inside relative to it); ConfigError names the file and the key."
-    return load_config(path, MatrixConfig)
-
-def papermill_dir() -> Path:
-    "The matrix's papermill notebooks: shipped inside the package (regular install) or `nbs/papermill` beside it (a clone)."
-    pkg = Path(str(resources.files("tsfm_wb")))
-    for folder in (pkg / "bundled" / "papermill", pkg.parent / "nbs" / "papermill"):
-        if (folder / "train_eval.ipynb").is_file(): return folder
-    raise ConfigError(f"no papermill notebooks under {pkg / 'bundled'} or {pkg.parent / 'nbs'}; set notebooks_dir in the matrix config")
-
-# %% ../../nbs/experiments/51_matrix.ipynb #ba26295c
-class NotebookStep(StrictModel):
-    "One papermill notebook of a run: its parameters and the output file that marks it done."
-    name: str
-    notebook: str                                               # input notebook path
-    parameters: dict[str, Any]
-    output: str                                                 # relative to the run folder
-
-class RunSpec(StrictModel):
-    "A fully resolved run: id, kind, labels, config hash, folder and notebook steps."
-    run_id: str
-    kind: Literal["spline", "tsfm"]
-    labels: dict[str, Any]
-    config_hash: str
-    run_dir: str
-    steps: list[NotebookStep]
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    "A copy of `base` with `over` merged in recursively (dicts merge, everything else replaces)."
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    "Set `d['a']['b'] = value` for key 'a.b', creating intermediate dicts."
-    *head, last = key.split(".")
-    for k in head: d = d.setdefault(k, {})
-    d[last] = value
-
-# %% ../../nbs/experiments/51_matrix.ipynb #2ecf81bf
-def _train_base(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    "A base train config as written (hashed) and with its paths resolved against its file (executed)."
-    from tsfm_wb.lab.train import TrainConfig
-    raw = read_yaml(path)
-    return raw, resolve_config_paths(raw, TrainConfig, path.parent)
-
-def _spline_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list[RunSpec]:
-    "Run specs of the spline-LSTM grid (data mode x model type x seed)."
-    g, specs = cfg.spline, []
-    gate = read_yaml(root / cfg.edge_gate) if cfg.edge_gate else None
-    gate_path = str(root / cfg.edge_gate) if cfg.edge_gate else None
-    for mode, path in g.data_modes.items():
-        over = lambda d: _deep_merge(_deep_merge(d, prof.train), prof.train_by_mode.get(mode, {}))
-        written, resolved = map(over, _train_base(root / path))
-        for mt in g.model_types:
-            for seed in g.seeds:
-                hashed, train = copy.deepcopy(written), copy.deepcopy(resolved)
-                for axis, value in (("model_type", mt), ("seed", seed), ("data_mode", mode)):
-                    if axis in g.keys: _set_dotted(hashed, g.keys[axis], value); _set_dotted(train, g.keys[axis], value)
-                edge = {"gate": gate, **prof.edge} if g.edge else None
-                h = config_hash({"kind": "spline", "train": hashed, "edge": edge})
-                run_id = f"{mt}-{mode}-s{seed}-{h[:8]}"
-                run_dir = str(root / cfg.artifacts_dir / run_id)
-                steps = [NotebookStep(name="train_eval", notebook=nb("train_eval"), output=METRICS_FILE,
-                                      parameters={"run_dir": run_dir, "config": train})]
-                if g.edge: steps.append(NotebookStep(name="edge_parity", notebook=nb("edge_parity"), output=PARITY_OUTPUT,
-                                                     parameters={"run_dir": run_dir, "gate_config": gate_path, "options": prof.edge}))
-                specs.append(RunSpec(run_id=run_id, kind="spline", labels={"model_type": mt, "data_mode": mode, "seed": seed},
-                                     config_hash=h, run_dir=run_dir, steps=steps))
-    return specs
-
-# %% ../../nbs/experiments/51_matrix.ipynb #858dd4e7
-def _tsfm_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list[RunSpec]:
-    "Run specs of the TSFM evaluation runs."
-    specs = []
-    for run in cfg.tsfm:
-        conf = _deep_merge(run.config, prof.tsfm)
-        h = config_hash({"kind": "tsfm", "name": run.name, "config": conf})
-        run_id = f"tsfm-{run.name}-{h[:8]}"; run_dir = str(root / cfg.artifacts_dir / run_id)
-        specs.append(RunSpec(run_id=run_id, kind="tsfm", labels={"name": run.name}, config_hash=h, run_dir=run_dir,
-                             steps=[NotebookStep(name="tsfm_eval", notebook=nb("tsfm_eval"), output=METRICS_FILE,
-                                                 parameters={"run_dir": run_dir, "config": conf})]))
-    return specs
-
-def expand_grid(config: MatrixConfig | str | Path, profile: str = "quick", root: str | Path | None = None) -> list[RunSpec]:
-    "Every run of the matrix under `profile`, fully resolved, with deterministic run ids (paths relative to `root`)."
-    cfg = config if isinstance(config, MatrixConfig) else load_matrix_config(config)
-    if profile not in cfg.profiles: raise ConfigError(f"unknown profile {profile!r}; the matrix defines {sorted(cfg.profiles)}")
-    root = Path(root or Path.cwd()).resolve()
-    nb = lambda name: str(root / (cfg.notebooks_dir or papermill_dir()) / f"{name}.ipynb")
-    prof = cfg.profiles[profile]
-    return (_spline_specs(cfg, prof, root, nb) if cfg.spline else []) + _tsfm_specs(cfg, prof, root, nb)
+__all__ = ['run_status', 'execute_notebook', 'execute_run', 'MatrixResult', 'manifest_path', 'run_matrix', 'render_report',
+           'main']
 
 # %% ../../nbs/experiments/51_matrix.ipynb #02af5154
 _RunState = Literal["done", "failed", "partial", "stale", "pending"]
@@ -396,129 +215,6 @@ def run_matrix(config: MatrixConfig | str | Path, profile: str = "quick", execut
                     raise
     write()
     return res
-
-# %% ../../nbs/experiments/51_matrix.ipynb #9e91e2f2
-STAGING_DIR = "_train"
-
-def train_eval_step(run_dir: str | Path, config: dict[str, Any]) -> dict[str, Any]:
-    "Train and evaluate one spline-LSTM run into `run_dir` (tsfm_wb.lab.train); returns its metrics."
-    from tsfm_wb.lab.train import parse_config, run_experiment
-    run_dir = Path(run_dir); staging = run_dir / STAGING_DIR
-    shutil.rmtree(staging, ignore_errors=True)
-    res = run_experiment(parse_config(config, artifacts_dir=str(staging)))
-    for p in res.run_dir.iterdir():
-        if p.name != METRICS_FILE:
-            dst = run_dir / p.name
-            if dst.is_dir(): shutil.rmtree(dst)
-            os.replace(p, dst)
-    metrics = {**read_json(res.run_dir / METRICS_FILE), "run_id": run_dir.name, "train_run_id": res.run_id}
-    atomic_write_json(run_dir / METRICS_FILE, metrics)
-    shutil.rmtree(staging)
-    return metrics
-
-# %% ../../nbs/experiments/51_matrix.ipynb #7a8feb90
-def edge_parity_step(run_dir: str | Path, gate_config: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    "Export a finished run to ONNX/TFLite, measure parity/latency/size on all test windows, gate it; returns the report."
-    from tsfm_wb.lab.edge import edge_gate, load_gate
-    from tsfm_wb.lab.train import load_run
-    run = load_run(run_dir)
-    idx = run.arrays["test_idx"]
-    X, y = run.arrays["X"][idx], run.arrays["y"][idx]
-    return edge_gate(run.model, X, y, run_dir, inverse_transform=run.pipeline.inverse_transform_targets,
-                     gate=load_gate(gate_config), **(options or {}))
-
-# %% ../../nbs/experiments/51_matrix.ipynb #fa984cf0
-EVAL_AS_OF = "2026-01-01T00:00:00Z"        # as_of_ts of the evaluation's requests (the runner needs one; contexts carry no time)
-
-class TsfmEvalConfig(StrictModel):
-    "One TSFM evaluation run: backend, model, data, rolling-origin settings, runner and calibrator overrides."
-    backend: Literal["fake", "tollama", "baseline"] = "fake"    # fake: embedded fake daemon; tollama: a running daemon; baseline: no runner
-    base_url: str | None = None                                # daemon address for 'tollama' (default: configs/tsfm_runtime.yaml)
-    model: str = "mock"                                        # tollama model name
-    dataset: str = "polymarket"                                # a tsfm_wb.data dataset of probabilities
-    horizon: int = Field(6, ge=1)
-    min_context: int = Field(16, ge=1)                         # first origin: this many points of history
-    stride: int = Field(1, ge=1)                               # steps between origins
-    runner_config: str | None = None                           # a runner YAML (None: the built-in RunnerConfig)
-    runner: dict[str, Any] = {"env": "research"}               # RunnerConfig overrides (deep-merged)
-    fake: dict[str, Any] = {}                                  # FakeOptions of the fake daemon
-    seeds: list[int] = [0]                                     # event-holdout seeds (pooled)
-    calibrator: dict[str, Any] = {}                            # ConformalCalibrator overrides, e.g. min_samples
-
-# %% ../../nbs/experiments/51_matrix.ipynb #cf2e53be
-@contextlib.contextmanager
-def _runner_forecaster(cfg: TsfmEvalConfig, freq: str) -> Iterator[tuple[Any, dict[str, int]]]:
-    "(forecaster, answer counts) backed by a TSFMRunner on a background event loop (or the baseline chain)."
-    import asyncio
-    import threading
-    import numpy as np
-    from tsfm_wb.tsfm.evaluation import baseline_quantiles
-    counts: dict[str, int] = {}
-    if cfg.backend == "baseline":
-        def base(y: Any, h: int, qs: Sequence[float]) -> Any:
-            counts["baseline"] = counts.get("baseline", 0) + 1; return baseline_quantiles(y, h, qs)
-        yield base, counts; return
-    from tsfm_wb.tsfm.fake_tollama import serve_fake_tollama
-    from tsfm_wb.tsfm.runner import RunnerConfig, TSFMRunner, load_runner_config
-    from tsfm_wb.tsfm.schemas import ModelSpec, TSFMForecastRequest, quantile_key
-    from tsfm_wb.tsfm.tollama import TollamaAdapter, load_tollama_config
-    with contextlib.ExitStack() as stack:
-        url = stack.enter_context(serve_fake_tollama(**cfg.fake)).url if cfg.backend == "fake" else cfg.base_url
-        base = RunnerConfig() if cfg.runner_config is None else load_runner_config(cfg.runner_config)
-        rc = RunnerConfig.model_validate(_deep_merge(base.model_dump(), cfg.runner))
-        tc = load_tollama_config(rc.runtime_config)
-        runner = TSFMRunner(rc, adapter=TollamaAdapter(tc, base_url=url) if url else TollamaAdapter(tc))
-        loop = asyncio.new_event_loop(); thread = threading.Thread(target=loop.run_forever, daemon=True); thread.start()
-        def forecast(y: Any, h: int, qs: Sequence[float]) -> Any:
-            req = TSFMForecastRequest(market_id="eval", as_of_ts=EVAL_AS_OF, freq=freq, horizon_steps=h, quantiles=list(qs),
-                                      y=np.asarray(y, float).tolist(), model=ModelSpec(model_name=cfg.model))
-            resp = asyncio.run_coroutine_threadsafe(runner.forecast(req), loop).result()
-            who = resp.meta.fallback_reason.value if resp.meta.fallback_used else resp.meta.runtime
-            counts[who] = counts.get(who, 0) + 1
-            return np.column_stack([resp.yhat_q[quantile_key(q)] for q in qs])
-        try: yield forecast, counts
-        finally:
-            asyncio.run_coroutine_threadsafe(runner.aclose(), loop).result()
-            loop.call_soon_threadsafe(loop.stop); thread.join(); loop.close()
-
-# %% ../../nbs/experiments/51_matrix.ipynb #32d232ad
-def _save_fig(fig: Any, path: Path) -> str:
-    "Save a matplotlib figure as PNG (atomically) and close it; returns the path's name relative to the run folder."
-    import io
-    import matplotlib.pyplot as plt
-    from tsfm_wb.core import atomic_write_bytes
-    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110, bbox_inches="tight"); plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return f"{path.parent.name}/{path.name}"
-
-def tsfm_eval_step(run_dir: str | Path, config: TsfmEvalConfig | dict[str, Any]) -> dict[str, Any]:
-    "Evaluate one TSFM configuration offline (runner + conformal); writes tables, figures and metrics.json last."
-    import matplotlib.pyplot as plt
-    from tsfm_wb.core import atomic_write_text
-    from tsfm_wb.data import DATASETS, load_dataset
-    from tsfm_wb.tsfm.evaluation import evaluate_conformal, plot_coverage_by_horizon, plot_fan
-    try: cfg = TsfmEvalConfig.model_validate(config)
-    except ValidationError as e: raise ConfigError(_format_validation_error(Path("tsfm config"), e)) from None
-    run_dir, t0 = Path(run_dir), time.perf_counter()
-    if cfg.dataset not in DATASETS: raise ConfigError(f"tsfm config key 'dataset': unknown dataset {cfg.dataset!r}; choose from {sorted(DATASETS)}")
-    df = load_dataset(cfg.dataset, gaps="drop")
-    with _runner_forecaster(cfg, DATASETS[cfg.dataset].freq) as (forecaster, counts):
-        rep = evaluate_conformal(df, forecaster, cfg.horizon, seeds=cfg.seeds, forecast_kw={"min_context": cfg.min_context, "stride": cfg.stride},
-                                 **cfg.calibrator)
-    atomic_write_text(run_dir / "eval_table.csv", rep.table.to_csv(index=False))
-    fig, ax = plt.subplots(figsize=(6, 3)); plot_coverage_by_horizon(rep, "time_split", ax=ax)
-    figures = {"coverage by horizon (time split)": _save_fig(fig, run_dir / "figures" / "coverage_by_horizon.png")}
-    fig, ax = plt.subplots(figsize=(7, 3)); plot_fan(rep, str(rep.forecasts.unique_id[0]), history=40, ax=ax)
-    figures["fan chart"] = _save_fig(fig, run_dir / "figures" / "fan.png")
-    n = int(sum(counts.values()))
-    pooled = rep.table[(rep.table["step"].astype(str) == "all") & (rep.table["bucket"] == "all")]
-    metrics = {"run_id": run_dir.name, **cfg.model_dump(include={"backend", "model", "dataset", "horizon"}), "n_forecasts": n,
-               "n_series": int(df["unique_id"].nunique()), "answers": counts,
-               "fallback_rate": 0.0 if cfg.backend == "baseline" else 1 - counts.get("tollama", 0) / max(n, 1),
-               "coverage": pooled[["scheme", "level", "band", "n", "applied", "coverage", "width", "winkler", "pinball"]].to_dict("records"),
-               "files": {"table": "eval_table.csv"}, "figures": figures, "seconds": time.perf_counter() - t0}
-    atomic_write_json(run_dir / METRICS_FILE, metrics)
-    return {"metrics": metrics, "coverage_by_horizon": rep.coverage_by_horizon("time_split")}
 
 # %% ../../nbs/experiments/51_matrix.ipynb #fa3565d7
 def render_report(config: MatrixConfig | str | Path, profile: str = "quick", root: str | Path | None = None) -> Path:

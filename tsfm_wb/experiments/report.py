@@ -16,8 +16,9 @@ import pandas as pd
 
 from ..core import atomic_write_bytes, atomic_write_text, load_npz, read_json
 from ..lab.edge import MB
-from .matrix import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, MatrixConfig, RunSpec, expand_grid, load_matrix_config,
-                            manifest_path, run_status)
+from .grid import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, MatrixConfig, RunSpec, expand_grid,
+                                      load_matrix_config)
+from .matrix import manifest_path, run_status
 from ..lab.train import BASELINE_NAMES
 from .workbench import STAGES, Section, WorkbenchContext, write_report
 
