@@ -303,6 +303,83 @@ _BUILTIN = [
 ]
 for _info, _loader in _BUILTIN: register_dataset(_info, _loader, overwrite=True)
 
+# %% ../nbs/01_data.ipynb #4cbd47e7
+_EMPLOYMENT_SKIP = ("month", "nonfarm_change")
+
+def _year_start(years: pd.Series) -> pd.Series:
+    "January 1 of each (float) year."
+    return pd.to_datetime(years.astype(int).astype(str) + "-01-01")
+
+def _load_sunspots() -> pd.DataFrame:
+    "statsmodels' yearly sunspot activity."
+    from statsmodels.datasets import sunspots
+    d = sunspots.load_pandas().data
+    return pd.DataFrame({"ds": _year_start(d["YEAR"]), "sunactivity": d["SUNACTIVITY"].to_numpy()})
+
+def _load_nile() -> pd.DataFrame:
+    "statsmodels' yearly Nile flow."
+    from statsmodels.datasets import nile
+    d = nile.load_pandas().data
+    return pd.DataFrame({"ds": _year_start(d["year"]), "volume": d["volume"].to_numpy()})
+
+def _load_passengers() -> pd.DataFrame:
+    "The airline passengers as statsforecast bundles them (month-end dates)."
+    from statsforecast.utils import AirPassengersDF
+    return pd.DataFrame({"ds": AirPassengersDF["ds"].to_numpy(), "passengers": AirPassengersDF["y"].to_numpy()})
+
+def _load_nino() -> pd.DataFrame:
+    "statsmodels' El Niño SST, one row per year and month columns, as a monthly series."
+    from statsmodels.datasets import elnino
+    d = elnino.load_pandas().data.melt(id_vars="YEAR", var_name="month", value_name="sst")
+    d["ds"] = pd.to_datetime(d["YEAR"].astype(int).astype(str) + "-" + d["month"], format="%Y-%b")
+    return d.sort_values("ds")[["ds", "sst"]].reset_index(drop=True)
+
+def _load_sf_temps() -> pd.DataFrame:
+    "vega_datasets' hourly 2010 San Francisco temperatures (one hour missing)."
+    from vega_datasets import data
+    return data.sf_temps().rename(columns={"date": "ds"})
+
+def _load_us_employment() -> pd.DataFrame:
+    "vega_datasets' monthly US employment, one series per sector."
+    from vega_datasets import data
+    d = data.us_employment()
+    cols = [c for c in d.columns if c not in _EMPLOYMENT_SKIP]
+    return d.melt(id_vars="month", value_vars=cols, var_name="unique_id", value_name="employment").rename(columns={"month": "ds"})
+
+def _load_stocks() -> pd.DataFrame:
+    "vega_datasets' monthly stock prices, one series per symbol."
+    from vega_datasets import data
+    return data.stocks().rename(columns={"symbol": "unique_id", "date": "ds"})
+
+# %% ../nbs/01_data.ipynb #db70d7d7
+_VEGA_MIT = "vega_datasets is MIT"
+_BENCHMARK = [
+    (DatasetInfo("sunspots", "Yearly sunspot activity 1700-2008: an ~11-year quasi-cycle of varying amplitude", "YS", 1,
+                 ("sunactivity",), n_rows=309, start="1700-01-01", end="2008-01-01",
+                 source="statsmodels.datasets.sunspots (SIDC)", license="public domain"), _load_sunspots),
+    (DatasetInfo("nile", "Yearly Nile flow at Aswan 1871-1970: short and noisy, with a level shift", "YS", 1, ("volume",),
+                 n_rows=100, start="1871-01-01", end="1970-01-01", source="statsmodels.datasets.nile (Cobb 1978)",
+                 license="public domain"), _load_nile),
+    (DatasetInfo("passengers", "Monthly airline passengers 1949-1960: trend and multiplicative yearly season", "ME", 12,
+                 ("passengers",), n_rows=144, start="1949-01-31", end="1960-12-31",
+                 source="statsforecast.utils.AirPassengersDF (Box & Jenkins 1976)", license="public domain; statsforecast is Apache-2.0"),
+     _load_passengers),
+    (DatasetInfo("nino", "Monthly El Nino sea-surface temperature 1950-2010: yearly cycle plus multi-year swings", "MS", 12,
+                 ("sst",), n_rows=732, start="1950-01-01", end="2010-12-01",
+                 source="statsmodels.datasets.elnino (NOAA Climate Prediction Center)", license="public domain"), _load_nino),
+    (DatasetInfo("sf_temps", "Hourly San Francisco temperature (F), 2010; one missing hour", "h", 24, ("temp",),
+                 n_rows=8760, n_missing=1, has_gaps=True, start="2010-01-01 00:00:00", end="2010-12-31 23:00:00",
+                 source="vega_datasets.data.sf_temps", license=_PUBLIC_DOMAIN_NOAA), _load_sf_temps),
+    (DatasetInfo("us_employment", "22 monthly US employment series by sector (thousands, seasonally adjusted), 2006-2015",
+                 "MS", 12, ("employment",), n_series=22, n_rows=2640, start="2006-01-01", end="2015-12-01",
+                 source="vega_datasets.data.us_employment (US Bureau of Labor Statistics)",
+                 license=f"public domain (BLS data); {_VEGA_MIT}"), _load_us_employment),
+    (DatasetInfo("stocks", "5 monthly stock prices (AAPL, AMZN, GOOG, IBM, MSFT), 2000-2010; GOOG from 2004", "MS", 12,
+                 ("price",), n_series=5, n_rows=560, start="2000-01-01", end="2010-03-01", source="vega_datasets.data.stocks",
+                 license=f"as distributed with vega_datasets ({_VEGA_MIT})"), _load_stocks),
+]
+for _info, _loader in _BENCHMARK: register_dataset(_info, _loader, overwrite=True)
+
 # %% ../nbs/01_data.ipynb #a39ed38f
 GAP_MODES = ("nan", "drop")
 

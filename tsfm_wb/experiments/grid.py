@@ -18,8 +18,8 @@ from ..core import ConfigError, ConfigPath, StrictModel, config_hash, load_confi
 # %% auto #0
 __all__ = ['MATRIX_CONFIG', 'PROFILES', 'EXECUTORS', 'MODEL_TYPES', 'SEEDS', 'DEFAULT_WORKERS', 'KERNEL_NAME', 'START_TIMEOUT_S',
            'CELL_TIMEOUT_S', 'SPEC_FILE', 'ERROR_FILE', 'KERNEL_LOG', 'METRICS_FILE', 'PARITY_OUTPUT', 'SplineGrid',
-           'TsfmRun', 'Profile', 'ReportSettings', 'MatrixConfig', 'load_matrix_config', 'papermill_dir',
-           'NotebookStep', 'RunSpec', 'expand_grid']
+           'TsfmRun', 'Profile', 'BenchmarkGrid', 'ReportSettings', 'MatrixConfig', 'load_matrix_config',
+           'papermill_dir', 'NotebookStep', 'RunSpec', 'expand_grid']
 
 # %% ../../nbs/experiments/50a_grid.ipynb #dac92926
 MATRIX_CONFIG = "configs/matrix.yaml"       # the command line's default --config (the repository's matrix)
@@ -66,6 +66,15 @@ class Profile(StrictModel):
     train_by_mode: dict[str, dict[str, Any]] = {}               # into the train configs of one data mode (after `train`)
     edge: dict[str, Any] = {}                                   # extra parameters of the edge_parity step
     tsfm: dict[str, Any] = {}                                   # into every TSFM run's config
+    benchmark: dict[str, Any] = {}                              # into the benchmark grid (series, n_windows, estimator, ...)
+
+class BenchmarkGrid(StrictModel):
+    "The lab's estimator against statsforecast's peers on the same folds: one run per series (tsfm_wb.lab.benchmark)."
+    series: list[str] = Field(min_length=1)                     # tsfm_wb.lab.benchmark series names (BENCHMARK_SERIES, BENCHMARK_PANEL)
+    n_windows: int = Field(5, ge=1)                             # rolling origins at the end of each series, h apart
+    peers: list[str] = Field(default_factory=lambda: ["AutoETS", "AutoARIMA", "AutoTheta", "SeasonalNaive", "Naive"])
+    estimator: dict[str, Any] = {}                              # SplineLSTM argument overrides (default: its defaults)
+    level: list[float] = Field(default_factory=lambda: [80.0, 90.0])
 
 class ReportSettings(StrictModel):
     "What the report notebook renders."
@@ -85,6 +94,7 @@ class MatrixConfig(StrictModel):
     cell_timeout_s: int = Field(CELL_TIMEOUT_S, ge=1)
     spline: SplineGrid | None = None
     tsfm: list[TsfmRun] = []
+    benchmark: BenchmarkGrid | None = None
     profiles: dict[str, Profile] = Field(default_factory=lambda: {p: Profile() for p in PROFILES})
     report: ReportSettings = ReportSettings()
 
@@ -94,7 +104,8 @@ class MatrixConfig(StrictModel):
         if missing: raise ValueError(f"profiles {missing} are missing; every matrix defines {list(PROFILES)}")
         names = [r.name for r in self.tsfm]
         if len(set(names)) != len(names): raise ValueError(f"tsfm run names must be unique, got {names}")
-        if self.spline is None and not self.tsfm: raise ValueError("the matrix is empty: give 'spline' and/or 'tsfm' runs")
+        if self.spline is None and not self.tsfm and self.benchmark is None:
+            raise ValueError("the matrix is empty: give 'spline', 'tsfm' and/or 'benchmark' runs")
         modes = set(self.spline.data_modes) if self.spline else set()
         for name, prof in self.profiles.items():
             bad = sorted(set(prof.train_by_mode) - modes)
@@ -123,7 +134,7 @@ class NotebookStep(StrictModel):
 class RunSpec(StrictModel):
     "A fully resolved run: id, kind, labels, config hash, folder and notebook steps."
     run_id: str
-    kind: Literal["spline", "tsfm"]
+    kind: Literal["spline", "tsfm", "benchmark"]
     labels: dict[str, Any]
     config_hash: str
     run_dir: str
@@ -187,6 +198,21 @@ def _tsfm_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list[R
                                                  parameters={"run_dir": run_dir, "config": conf})]))
     return specs
 
+def _benchmark_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list[RunSpec]:
+    "One run per benchmark series: the lab and the peers on the same rolling-origin folds."
+    from tsfm_wb.lab.benchmark import benchmark_series
+    g = BenchmarkGrid.model_validate(_deep_merge(cfg.benchmark.model_dump(), prof.benchmark))
+    specs = []
+    for name in g.series:
+        benchmark_series(name)                                  # ConfigError naming an unknown series
+        conf = {"series": name, **g.model_dump(exclude={"series"})}
+        h = config_hash({"kind": "benchmark", "config": conf})
+        run_id = f"bench-{name}-{h[:8]}"; run_dir = str(root / cfg.artifacts_dir / run_id)
+        specs.append(RunSpec(run_id=run_id, kind="benchmark", labels={"series": name}, config_hash=h, run_dir=run_dir,
+                             steps=[NotebookStep(name="benchmark_eval", notebook=nb("benchmark_eval"), output=METRICS_FILE,
+                                                 parameters={"run_dir": run_dir, "config": conf})]))
+    return specs
+
 def expand_grid(config: MatrixConfig | str | Path, profile: str = "quick", root: str | Path | None = None) -> list[RunSpec]:
     "Every run of the matrix under `profile`, fully resolved, with deterministic run ids (paths relative to `root`)."
     cfg = config if isinstance(config, MatrixConfig) else load_matrix_config(config)
@@ -194,4 +220,5 @@ def expand_grid(config: MatrixConfig | str | Path, profile: str = "quick", root:
     root = Path(root or Path.cwd()).resolve()
     nb = lambda name: str(root / (cfg.notebooks_dir or papermill_dir()) / f"{name}.ipynb")
     prof = cfg.profiles[profile]
-    return (_spline_specs(cfg, prof, root, nb) if cfg.spline else []) + _tsfm_specs(cfg, prof, root, nb)
+    return ((_spline_specs(cfg, prof, root, nb) if cfg.spline else []) + _tsfm_specs(cfg, prof, root, nb)
+            + (_benchmark_specs(cfg, prof, root, nb) if cfg.benchmark else []))

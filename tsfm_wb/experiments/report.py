@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from .workbench import STAGES, Section, WorkbenchContext, write_report
 # %% auto #0
 __all__ = ['COMPARISON_COLUMNS', 'SPREAD_METRICS', 'MatrixRuns', 'collect_runs', 'comparison_table', 'seed_summary',
            'spread_display', 'winners', 'short_label', 'edge_summary', 'edge_markdown', 'tsfm_tables',
-           'plot_forecast_vs_actual', 'plot_error_by_horizon', 'plot_latency', 'gate_description', 'build_report']
+           'plot_forecast_vs_actual', 'plot_error_by_horizon', 'plot_latency', 'gate_description', 'benchmark_tables',
+           'build_report']
 
 # %% ../../nbs/experiments/52_report.ipynb #7a7166da
 @dataclass
@@ -41,6 +42,7 @@ class MatrixRuns:
     tsfm: dict[str, dict[str, Any]]            # TSFM run id -> metrics.json
     errors: dict[str, dict[str, Any]]          # run id -> error.json
     manifest: dict[str, Any] | None = None
+    bench: dict[str, dict[str, Any]] = field(default_factory=dict)   # benchmark run id -> metrics.json
 
     def spline_specs(self) -> list[RunSpec]:
         "Specs of the spline-LSTM runs, in grid order."
@@ -59,11 +61,11 @@ def collect_runs(config: MatrixConfig | dict | str | Path, profile: str = "quick
     cfg = config if isinstance(config, MatrixConfig) else MatrixConfig.model_validate(config) if isinstance(config, dict) else load_matrix_config(config)
     root = Path(root or Path.cwd()).resolve()
     specs = expand_grid(cfg, profile, root)
-    states, found = {s.run_id: run_status(s) for s in specs}, {"metrics": {}, "parity": {}, "tsfm": {}, "errors": {}}
+    states, found = {s.run_id: run_status(s) for s in specs}, {"metrics": {}, "parity": {}, "tsfm": {}, "errors": {}, "bench": {}}
     for s in specs:
         d, mine = Path(s.run_dir), states[s.run_id] not in ("pending", "stale")
         for key, rel, kind in (("metrics", METRICS_FILE, "spline"), ("parity", PARITY_OUTPUT, "spline"), ("tsfm", METRICS_FILE, "tsfm"),
-                               ("errors", ERROR_FILE, None)):
+                               ("bench", METRICS_FILE, "benchmark"), ("errors", ERROR_FILE, None)):
             if kind in (None, s.kind) and (obj := _read_if(d / rel, mine)) is not None: found[key][s.run_id] = obj
     man = manifest_path(cfg, profile, root)
     return MatrixRuns(cfg, profile, root, specs, states, **found, manifest=read_json(man) if man.is_file() else None)
@@ -319,6 +321,48 @@ def _status_section(runs: MatrixRuns) -> Section:
             "(runs that were already finished are skipped)." if man else "No manifest yet: the matrix has not run.")
     return Section("Matrix runs", text, [("Run states", pd.DataFrame(rows))] + ([("run_matrix calls", hist)] if len(hist) else []))
 
+# %% ../../nbs/experiments/52_report.ipynb #62cafecb
+def benchmark_tables(runs: MatrixRuns) -> dict[str, pd.DataFrame]:
+    "The finished benchmark runs' tables: every method, per-step coverage, choices, diagnostics (empty frames when none)."
+    order = [s.run_id for s in runs.specs if s.kind == "benchmark" and s.run_id in runs.bench]
+    if not order: return {}
+    m = [runs.bench[r] for r in order]
+    diag = []
+    for rid, mm in zip(order, m):
+        fits = read_json(runs.run_dir(rid) / "fits.json") if (runs.run_dir(rid) / "fits.json").is_file() else []
+        if not fits: continue
+        tr = pd.DataFrame([t for f in fits for t in f.get("training", [])])
+        for d in fits[-1].get("diagnostics", []):
+            diag.append({"series": mm["config"]["series"], **{k: d.get(k) for k in ("unique_id", "n_steps", "missing_share", "longest_gap",
+                         "level_z", "scale_ratio", "drift_warning")},
+                         "networks": len(tr), "overfit": int(tr["overfit"].sum()) if len(tr) else 0})
+    step = pd.concat([pd.DataFrame(x["step_coverage"]).assign(series=x["config"]["series"]) for x in m], ignore_index=True)
+    return {"table": pd.concat([pd.DataFrame(x["table"]) for x in m], ignore_index=True),
+            "choices": pd.concat([pd.DataFrame(x["choices"]) for x in m], ignore_index=True),
+            "step_coverage": step, "diagnostics": pd.DataFrame(diag)}
+
+def _benchmark_section(runs: MatrixRuns, ctx: WorkbenchContext) -> Section:
+    "The lab's estimator and the statistical peers side by side, with the lab's diagnostics."
+    from tsfm_wb.lab.benchmark import STAT_PEERS, summarize
+    tabs = benchmark_tables(runs)
+    if not tabs: return Section("Lab estimator against statistical peers", "No benchmark run has finished yet.")
+    atomic_write_text(ctx.out_dir / "benchmark.csv", tabs["table"].to_csv(index=False))
+    tables, text = [], ("Rolling-origin cross-validation: at each of the last windows (h steps apart) every method is fitted "
+                        "on everything before the cutoff and forecasts h steps. `SplineLSTM` is `tsfm_wb.lab.estimator` with "
+                        "its defaults (choice, calibration and epochs inside each training part); the peers are statsforecast's, "
+                        "with their own intervals. MASE is scaled by the seasonal-naive in-sample error of each fold's training "
+                        "part (MASE_1: the one-step naive error); sMAPE is a fraction; seconds are fit + predict over all folds. "
+                        "CSV: [benchmark.csv](benchmark.csv).")
+    if any(p in tabs["table"]["model"].values for p in STAT_PEERS):
+        s, checks = summarize(tabs["table"])
+        text += "\n\n" + "\n".join(f"- {k.replace('_', ' ')}: {'yes' if v else '**no**'}" for k, v in checks["pass"].items())
+        text += (f"\n- lab MASE at most the best peer's on {checks['n_at_most_best']} of {len(s)} series, largest ratio "
+                 f"{checks['max_ratio']:.3f}; pooled coverage {checks['pooled_cov80']:.3f} (80%), {checks['pooled_cov90']:.3f} (90%)")
+        tables.append(("Lab against the best statistical peer", s))
+    tables += [("Every method", tabs["table"].drop(columns=["n"])), ("Lab coverage per horizon step", tabs["step_coverage"]),
+               ("What the lab chose at each fold", tabs["choices"]), ("Lab diagnostics (last fold's fit)", tabs["diagnostics"])]
+    return Section("Lab estimator against statistical peers", text, tables)
+
 # %% ../../nbs/experiments/52_report.ipynb #13aea2de
 def build_report(config: MatrixConfig | dict | str | Path, profile: str = "quick", out_dir: str | Path | None = None,
                  root: str | Path | None = None) -> Path:
@@ -331,9 +375,10 @@ def build_report(config: MatrixConfig | dict | str | Path, profile: str = "quick
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
     if runs.spline_specs(): sections += _spline_sections(runs, ctx, table) + [_edge_section(runs, ctx)]
     if any(s.kind == "tsfm" for s in runs.specs): sections.append(_tsfm_section(runs, ctx))
+    if any(s.kind == "benchmark" for s in runs.specs): sections.append(_benchmark_section(runs, ctx))
     sections.append(_status_section(runs))
     files = ["comparison.csv"] + (["seed_summary.csv", "edge_summary.csv", "edge_gate.md"] if runs.spline_specs() else []) + \
-            [f"tsfm_{rid}.csv" for rid in runs.tsfm]                     # what this build wrote (older files are not linked)
+            [f"tsfm_{rid}.csv" for rid in runs.tsfm] + (["benchmark.csv"] if runs.bench else [])   # what this build wrote
     pre = (f"Profile **{profile}**, matrix `{runs.config.name}` (`python -m tsfm_wb.experiments.matrix --profile {profile}`). Generated from the run "
            "folders; never hand-edited. Files: " + ", ".join(f"[{f}]({f})" for f in files) + ", [index.md](index.md).")
     return write_report(sections, out, runs.config.report.title, pre)
