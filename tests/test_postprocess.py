@@ -73,3 +73,11 @@ def test_property_bands_wide_enough_in_logits_are_untouched(q, scale):
     out, warnings = postprocess_quantiles(band, T3)
     np.testing.assert_array_equal(out, band)
     assert warnings == []
+
+
+def test_logit_minimum_yields_to_max_width():
+    "A logit minimum wider than max_width allows at 0.5 is capped there (found by the property test above)."
+    out, warnings = postprocess_quantiles(np.array([[0.5, 0.5]]), (0.1, 0.9), min_width=0.0, max_width=0.125,
+                                          min_logit_width=1.0)
+    np.testing.assert_allclose(out[0, 1] - out[0, 0], 0.125, atol=1e-9)
+    assert out[0].mean() == 0.5 and "widened" in warnings[0]

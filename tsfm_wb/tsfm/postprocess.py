@@ -102,12 +102,13 @@ def _apply_scale(c: np.ndarray, d: np.ndarray, k: np.ndarray, median: np.ndarray
 def _solve_scale(c: np.ndarray, d: np.ndarray, median: np.ndarray | None, target: float, widen: bool,
                  logit_eps: float | None = None) -> np.ndarray:
     "Per-row `k` whose outer width (in logits when `logit_eps` is given) is >= `target` (widen) or <= it (narrow)."
+    # the bracket [0, 1] is doubled until it holds `target`: a narrowing row already does, a widening one may not
     def width(k: np.ndarray) -> np.ndarray:
         lo, hi = inv_logit(c + k * d[:, 0]), inv_logit(c + k * d[:, -1])
         if median is not None: lo, hi = np.minimum(lo, median), np.maximum(hi, median)
         return hi - lo if logit_eps is None else logit(hi, logit_eps) - logit(lo, logit_eps)
     lo, hi = np.zeros_like(c), np.ones_like(c)
-    for _ in range(_BISECT_STEPS if widen else 0):
+    for _ in range(_BISECT_STEPS):
         short = width(hi) < target
         if not short.any(): break
         lo, hi = np.where(short, hi, lo), np.where(short, 2 * hi, hi)
@@ -132,9 +133,10 @@ def _enforce_width(q: np.ndarray, taus: np.ndarray, min_width: float, max_width:
         if rows.size == 0: continue
         c, d = _logit_offsets(q[rows], taus, eps)
         median = q[rows, ic] if ic is not None else None
-        if widen:
+        if widen:  # the logit minimum yields to max_width where both cannot hold (a wide logit minimum near 0.5)
             k = np.maximum(np.where(short_p[rows], _solve_scale(c, d, median, min_width, True), 0.0),
                            np.where(short_l[rows], _solve_scale(c, d, median, min_logit_width, True, eps), 0.0))
+            k = np.minimum(k, _solve_scale(c, d, median, max_width, False))
         else: k = _solve_scale(c, d, median, max_width, False)
         new = _apply_scale(c, d, k, median, ic)
         for r, h in enumerate(rows):
