@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..core import (DataValidationError, TsfmWbError, atomic_write_bytes, atomic_write_text, df_to_markdown,
                           get_logger, write_snapshot)
 from ..data import DATASETS, list_datasets, load_dataset
-from ..metrics import backtest_baseline, make_baseline
+from ..backtest import backtest_baseline, make_baseline
 
 # %% auto #0
 __all__ = ['PROFILES', 'STAGES', 'MASE_SEASON', 'BASELINE_SETUP', 'Section', 'write_report', 'WorkbenchContext', 'register_stage',

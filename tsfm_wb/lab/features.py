@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..core import ConfigError, DataValidationError, StrictModel, _format_validation_error
@@ -27,9 +28,9 @@ __all__ = ['SCHEMA_VERSION', 'SCALER_KINDS', 'MISSING_COVARIATE_EXIT_CODE', 'CAL
            'split_by_time', 'WindowedData', 'FeaturePipeline', 'LatestWindow']
 
 # %% ../../nbs/lab/11_features.ipynb #4609a2ae
-SCHEMA_VERSION = "phase5.v1"
+SCHEMA_VERSION = "phase5.v1"   # schema version tag of covariate schema files (persisted in them: keep it)
 SCALER_KINDS = ("standard", "minmax", "none")
-MISSING_COVARIATE_EXIT_CODE = 13   # the Phase 5 document's exit code for a missing required covariate
+MISSING_COVARIATE_EXIT_CODE = 13   # exit status of the training CLI when a required covariate is missing
 
 class DynamicCovariate(StrictModel):
     "A time-varying input column."
@@ -263,7 +264,7 @@ def window_end_indices(n_steps: int, lookback: int, horizon: int, stride: int = 
     return np.arange(lookback - 1, n_steps - horizon, stride)
 
 def check_window_shapes(X: np.ndarray, y: np.ndarray, lookback: int, horizon: int, n_targets: int) -> None:
-    "Assert the Phase 5 shape rules: X [B, L, F_total], y [B, H*F_target], F_total >= F_target >= 1."
+    "Assert the shape contract of the models: X [B, L, F_total], y [B, H*F_target], F_total >= F_target >= 1."
     if X.ndim != 3 or y.ndim != 2: raise DataValidationError(f"X must be [B, L, F_total] and y [B, H*F_target]; got X{X.shape}, y{y.shape}")
     if X.shape[0] != y.shape[0]: raise DataValidationError(f"X and y disagree on the batch size: {X.shape[0]} vs {y.shape[0]}")
     if X.shape[1] != lookback: raise DataValidationError(f"X.shape[1] = {X.shape[1]} but lookback = {lookback}")
@@ -447,7 +448,8 @@ def _base_matrix(self: FeaturePipeline, df: pd.DataFrame) -> tuple[pd.DatetimeIn
     return grid, np.column_stack([cols[n] for n in f["feature_names"]]), np.column_stack(filled), inputs
 
 # %% ../../nbs/lab/11_features.ipynb #10e13dc3
-def _fp_fit(self: FeaturePipeline, df: pd.DataFrame, train_end: Any, val_end: Any = None) -> FeaturePipeline:
+@patch
+def fit(self: FeaturePipeline, df: pd.DataFrame, train_end: Any, val_end: Any = None) -> FeaturePipeline:
     "Fit splines, layout and scalers on rows with timestamp <= train_end."
     validate_frame_against_schema(df, self.schema)
     ds = pd.DatetimeIndex(pd.to_datetime(df[self.schema.timestamp_col]))
@@ -464,8 +466,6 @@ def _fp_fit(self: FeaturePipeline, df: pd.DataFrame, train_end: Any, val_end: An
     g, M, _, _ = _base_matrix(self, df)
     self.scaler_ = ColumnScaler(self.fitted_["scaler_kinds"]).fit(M[g <= tr])
     return self
-
-FeaturePipeline.fit = _fp_fit
 
 # %% ../../nbs/lab/11_features.ipynb #58a8d6a1
 def _scaled_base(self: FeaturePipeline, df: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray, dict[str, SplineResult]]:
@@ -486,7 +486,8 @@ def _causal_targets(self: FeaturePipeline, X: np.ndarray, inputs: dict[str, Spli
         bad |= Mk.any(axis=1)
     return bad
 
-def _fp_transform(self: FeaturePipeline, df: pd.DataFrame) -> WindowedData:
+@patch
+def transform(self: FeaturePipeline, df: pd.DataFrame) -> WindowedData:
     "Scaled causal windows of `df` (fitted layout, scalers and splines)."
     grid, M, S, tfilled, inputs = _scaled_base(self, df)
     f, L, H, tidx = self.fitted_, self.lookback, self.horizon, np.asarray(self.fitted_["target_indices"])
@@ -503,21 +504,22 @@ def _fp_transform(self: FeaturePipeline, df: pd.DataFrame) -> WindowedData:
                         ds=grid, scaled=S.astype(np.float32), raw_target=M[:, tidx].copy(),
                         train_end=pd.Timestamp(f["train_end"]), val_end=None if f["val_end"] is None else pd.Timestamp(f["val_end"]))
 
-def _fp_inverse(self: FeaturePipeline, y: np.ndarray) -> np.ndarray:
+@patch
+def inverse_transform_targets(self: FeaturePipeline, y: np.ndarray) -> np.ndarray:
     "Scaled targets [..., k*F_target] (step-major) or [..., F_target] back to original units."
     self._check(); tidx = self.target_indices; y = np.asarray(y, dtype=float)
     if y.shape[-1] % len(tidx): raise DataValidationError(f"last axis {y.shape[-1]} is not a multiple of F_target = {len(tidx)}")
     z = y.reshape(*y.shape[:-1], -1, len(tidx)) * self.scaler_.scale_[tidx] + self.scaler_.shift_[tidx]
     return z.reshape(y.shape)
 
-def _fp_fit_transform(self: FeaturePipeline, df: pd.DataFrame, train_end: Any, val_end: Any = None) -> WindowedData:
+@patch
+def fit_transform(self: FeaturePipeline, df: pd.DataFrame, train_end: Any, val_end: Any = None) -> WindowedData:
     "fit on the training part, then transform the whole frame."
     return self.fit(df, train_end, val_end).transform(df)
 
-FeaturePipeline.transform, FeaturePipeline.inverse_transform_targets, FeaturePipeline.fit_transform = _fp_transform, _fp_inverse, _fp_fit_transform
-
 # %% ../../nbs/lab/11_features.ipynb #3762ca5c
-def _fp_to_json(self: FeaturePipeline) -> str:
+@patch
+def to_json(self: FeaturePipeline) -> str:
     "Parameters, schema, fitted splines and scaler as a JSON string."
     self._check()
     return json.dumps({"type": "FeaturePipeline", "feature_schema": self.schema.model_dump(mode="json"),
@@ -528,7 +530,8 @@ def _fp_to_json(self: FeaturePipeline) -> str:
                        "splines": {c: json.loads(sp.to_json()) for c, sp in self.splines_.items()}, "scaler": self.scaler_.to_dict()},
                       allow_nan=False, sort_keys=True)
 
-def _fp_from_json(cls: type, text: str | dict) -> FeaturePipeline:
+@patch(cls_method=True)
+def from_json(cls: FeaturePipeline, text: str | dict) -> FeaturePipeline:
     "Rebuild a fitted FeaturePipeline from `to_json()` output."
     d = json.loads(text) if isinstance(text, str) else text
     if not isinstance(d, dict) or d.get("type") != "FeaturePipeline": raise ConfigError("not a FeaturePipeline JSON document (key 'type' must be 'FeaturePipeline')")
@@ -538,8 +541,9 @@ def _fp_from_json(cls: type, text: str | dict) -> FeaturePipeline:
     obj.splines_ = {c: SplinePreprocessor.from_json(s) for c, s in d["splines"].items()}
     return obj
 
-def _fp_meta(self: FeaturePipeline) -> dict[str, Any]:
-    "The Phase 5 meta.json fields describing the features (shapes are added by whoever saves X and y)."
+@patch
+def meta(self: FeaturePipeline) -> dict[str, Any]:
+    "The meta.json fields describing the features (shapes are added by whoever saves X and y)."
     self._check(); f = self.fitted_
     return {"feature_mode": "multivariate" if len(f["feature_names"]) > 1 else "univariate", "target_cols": list(self.schema.target_cols),
             "dynamic_covariates": f["dynamic"], "static_covariates": f["static"], "calendar_features": f["calendar"],
@@ -547,8 +551,6 @@ def _fp_meta(self: FeaturePipeline) -> dict[str, Any]:
             "f_target": len(f["target_indices"]), "lookback": self.lookback, "horizon": self.horizon, "freq": f["freq"],
             "train_end": f["train_end"], "val_end": f["val_end"],
             "static_embedding_dims": {c.name: c.dim for c in self.schema.static_covariates if c.encoding == "embedding"}}
-
-FeaturePipeline.to_json, FeaturePipeline.from_json, FeaturePipeline.meta = _fp_to_json, classmethod(_fp_from_json), _fp_meta
 
 # %% ../../nbs/lab/11_features.ipynb #3463e783
 @dataclass
@@ -565,7 +567,8 @@ class LatestWindow:
         "Names of the target features, in the model output's order."
         return [self.feature_names[i] for i in self.target_indices]
 
-def _fp_transform_latest(self: FeaturePipeline, df: pd.DataFrame) -> LatestWindow:
+@patch
+def transform_latest(self: FeaturePipeline, df: pd.DataFrame) -> LatestWindow:
     "The causal input window ending at the last grid step of `df` (no targets needed) and the H future timestamps."
     grid, _, S, _, inputs = _scaled_base(self, df)
     f, L, H = self.fitted_, self.lookback, self.horizon
@@ -577,5 +580,3 @@ def _fp_transform_latest(self: FeaturePipeline, df: pd.DataFrame) -> LatestWindo
     future = pd.date_range(grid[e], periods=H + 1, freq=to_pandas_freq(f["freq"]), unit=grid.unit)[1:]
     return LatestWindow(X=X.astype(np.float32), feature_names=list(f["feature_names"]), target_indices=np.asarray(f["target_indices"]),
                         input_end=grid[e], target_ds=future)
-
-FeaturePipeline.transform_latest = _fp_transform_latest

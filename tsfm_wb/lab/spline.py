@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import CubicSpline, PchipInterpolator, make_smoothing_spline
 
+from fastcore.basics import patch
+
 from ..core import ConfigError, DataValidationError, TsfmWbError
 from ..data import infer_freq, parse_freq, to_pandas_freq
 
@@ -218,7 +220,8 @@ def _replace_outliers(self: SplinePreprocessor, ds: pd.DatetimeIndex, pos: np.nd
     return out, [{"ds": ds[i].isoformat(), "value": float(val[i]), "replaced_by": float(med[i])} for i in np.flatnonzero(hit)]
 
 # %% ../../nbs/lab/10_spline.ipynb #738f230b
-def _sp_fit(self: SplinePreprocessor, ds: Sequence, y: Sequence, train_end: Any = None) -> SplinePreprocessor:
+@patch
+def fit(self: SplinePreprocessor, ds: Sequence, y: Sequence, train_end: Any = None) -> SplinePreprocessor:
     "Fit grid frequency, max_gap, outlier thresholds and smoothing penalty on rows with timestamp <= train_end."
     ds, y = _check_series(ds, y)
     if train_end is not None:
@@ -241,8 +244,6 @@ def _sp_fit(self: SplinePreprocessor, ds: Sequence, y: Sequence, train_end: Any 
         else: raise DataValidationError(f"GCV needs at least {MIN_SMOOTHING_POINTS} training observations, got {len(val)}; pass smoothing=<float> or more data")
     return self
 
-SplinePreprocessor.fit = _sp_fit
-
 # %% ../../nbs/lab/10_spline.ipynb #a6113734
 def _part_edges(self: SplinePreprocessor, grid: pd.DatetimeIndex, pos: np.ndarray, cuts: Sequence) -> np.ndarray:
     "Grid positions that end a part: each cut time and, with gap_policy='split', the start of every long gap."
@@ -252,7 +253,8 @@ def _part_edges(self: SplinePreprocessor, grid: pd.DatetimeIndex, pos: np.ndarra
         edges += list(np.floor(pos[:-1][run > self.fitted_["max_gap_steps"]]) + 0.5)
     return np.unique(np.asarray(edges, dtype=float))
 
-def _sp_transform(self: SplinePreprocessor, ds: Sequence, y: Sequence, cuts: Sequence | None = None, clean: bool = True) -> SplineResult:
+@patch
+def transform(self: SplinePreprocessor, ds: Sequence, y: Sequence, cuts: Sequence | None = None, clean: bool = True) -> SplineResult:
     "Series on the regular grid: short gaps filled, long gaps masked, optional smoothing; see the fill report."
     if self.fitted_ is None: raise NotFittedError("SplinePreprocessor is not fitted: call fit(ds, y, train_end) first")
     obs_ds, pos, val, grid = _prepare(self, ds, y)
@@ -269,16 +271,14 @@ def _sp_transform(self: SplinePreprocessor, ds: Sequence, y: Sequence, cuts: Seq
     res.report = _fill_report(res, observed, outliers, {"method": self.method, "lam": f["lam"], "max_gap_steps": f["max_gap_steps"], "gap_policy": self.gap_policy, "freq": f["freq"]})
     return res
 
-SplinePreprocessor.transform = _sp_transform
-
-def _sp_fit_transform(self: SplinePreprocessor, ds: Sequence, y: Sequence, train_end: Any = None) -> SplineResult:
+@patch
+def fit_transform(self: SplinePreprocessor, ds: Sequence, y: Sequence, train_end: Any = None) -> SplineResult:
     "fit on the training part, then transform the whole series."
     return self.fit(ds, y, train_end).transform(ds, y)
 
-SplinePreprocessor.fit_transform = _sp_fit_transform
-
 # %% ../../nbs/lab/10_spline.ipynb #bf8a1e96
-def _sp_causal_windows(self: SplinePreprocessor, res: SplineResult, ends: Sequence[int], lookback: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@patch
+def causal_windows(self: SplinePreprocessor, res: SplineResult, ends: Sequence[int], lookback: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Values, filled and masked flags [B, lookback] of the windows ending at `ends`, from observations up to each end."
     if self.fitted_ is None: raise NotFittedError("SplinePreprocessor is not fitted: call fit(ds, y, train_end) first")
     f, n, L, ends = self.fitted_, len(res.ds), int(lookback), np.asarray(ends, dtype=int)
@@ -295,8 +295,6 @@ def _sp_causal_windows(self: SplinePreprocessor, res: SplineResult, ends: Sequen
         j0 = max(jlo - CONTEXT_OBS, brk[brk <= jlo].max(initial=0)); j1 = np.searchsorted(pos, e, side="right")
         V[b], F[b], M[b] = _fill(pos[j0:j1], val[j0:j1], e - L + 1, e, self.method, f["lam"], f["max_gap_steps"], hold_last=True)
     return V, F, M
-
-SplinePreprocessor.causal_windows = _sp_causal_windows
 
 # %% ../../nbs/lab/10_spline.ipynb #4545a6b8
 DEFAULT_EWM_ALPHA = 0.3          # weight of the newest value in causal_smooth(method='ewm')
@@ -319,15 +317,15 @@ def causal_smooth(y: Sequence[float], method: Literal["ewm", "trailing_mean", "s
     return pd.Series(out).ffill().to_numpy()
 
 # %% ../../nbs/lab/10_spline.ipynb #b4824d72
-def _sp_to_json(self: SplinePreprocessor) -> str:
+@patch
+def to_json(self: SplinePreprocessor) -> str:
     "Parameters and fitted state as a JSON string."
     return json.dumps({"type": "SplinePreprocessor", "params": self.get_params(), "fitted": self.fitted_}, allow_nan=False, sort_keys=True)
 
-def _sp_from_json(cls: type, text: str | dict) -> SplinePreprocessor:
+@patch(cls_method=True)
+def from_json(cls: SplinePreprocessor, text: str | dict) -> SplinePreprocessor:
     "Rebuild a SplinePreprocessor from `to_json()` output (a string or its parsed dict)."
     d = json.loads(text) if isinstance(text, str) else text
     if not isinstance(d, dict) or d.get("type") != "SplinePreprocessor": raise ConfigError("not a SplinePreprocessor JSON document (key 'type' must be 'SplinePreprocessor')")
     obj = cls(**d["params"]); obj.fitted_ = d.get("fitted")
     return obj
-
-SplinePreprocessor.to_json, SplinePreprocessor.from_json = _sp_to_json, classmethod(_sp_from_json)

@@ -23,7 +23,8 @@ from ..core import (ConfigError, ConfigPath, DataValidationError, ModelError, St
                           atomic_save_npz, atomic_write_json, atomic_write_text, df_to_markdown, get_logger, load_config,
                           load_npz, make_run_id, read_json, seed_everything, write_snapshot)
 from ..data import DATASETS, load_dataset
-from ..metrics import evaluate_by_horizon, evaluate_point, make_baseline, walk_forward_splits
+from ..metrics import evaluate_by_horizon, evaluate_point
+from ..backtest import make_baseline, walk_forward_splits
 from .spline import DEFAULT_MAX_GAP, DEFAULT_METHOD, DEFAULT_OUTLIER_Z, SplinePreprocessor
 from .features import CalendarSpec, CovariateSchema, FeaturePipeline, load_covariate_schema, time_split_points
 from .models import MODEL_REGISTRY, build_model, get_model_class, param_count, parse_hparams
