@@ -1,10 +1,16 @@
-"""The FastAPI service: 422 naming the field, typed errors mapped to statuses, /health, /metrics, a real uvicorn
-server on 127.0.0.1, and a property test: 1,000 random requests give either 422 or a valid, bounded forecast."""
+"""The FastAPI service against the fake tollama daemon: 422 naming the field, /health, /metrics, a real uvicorn server
+on 127.0.0.1, the `serve` command line started as a subprocess from an empty folder (one worker and two), and a
+property test: 1,000 random requests give either 422 or a valid, bounded forecast. The error-status table, the lazy
+module-level app and the command line's argument checks are tested in nbs/tsfm/40_api.ipynb."""
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -18,12 +24,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import tsfm_wb.tsfm.api as api
-from tsfm_wb.tsfm.api import create_app, error_status
-from tsfm_wb.core import ConfigError, DataValidationError, LicenseError, TsfmWbError
+from tsfm_wb.tsfm.api import create_app
 from tsfm_wb.tsfm.fake_tollama import FakeTollama
 from tsfm_wb.tsfm.postprocess import PostprocessSettings
-from tsfm_wb.tsfm.runner import LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner
+from tsfm_wb.tsfm.runner.licensing import LicenseGuard, ModelsRegistry
+from tsfm_wb.tsfm.runner.service import TSFMRunner
+from tsfm_wb.tsfm.runner.settings import RunnerConfig
 from tsfm_wb.tsfm.schemas import TSFMForecastRequest, TSFMForecastResponse
 from tsfm_wb.tsfm.tollama import TollamaAdapter, TollamaConfig
 
@@ -121,20 +127,6 @@ def test_failures_still_answer_200_with_the_reason(svc):
     assert r.status_code == 200 and (resp.meta.fallback_used, resp.meta.fallback_reason) == (True, "unavailable")
 
 
-@pytest.mark.parametrize("exc, status", [(DataValidationError("bad y"), 422), (LicenseError("refused"), 403),
-                                         (ConfigError("no file"), 500), (TsfmWbError("other"), 500)])
-def test_typed_errors_map_to_status_codes_in_one_handler(fake, exc, status):
-    class Raising(TSFMRunner):
-        async def forecast(self, request): raise exc
-    async def go():
-        runner = Raising(RunnerConfig(), adapter=TollamaAdapter(base_url=fake.url), guard=LicenseGuard(REGISTRY), postprocess=PP)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runner=runner)), base_url="http://svc") as c:
-            return await c.post("/tsfm/forecast", json=body())
-    r = asyncio.run(go())
-    assert (r.status_code, r.json()) == (status, {"detail": str(exc), "error": type(exc).__name__})
-    assert error_status(exc) == status
-
-
 def test_health_and_metrics(svc):
     svc.fake.reset(); svc.clock.t += 1000
     svc.post(body(market_id="h1")); svc.post(body(market_id="h1")); svc.post(body(market_id="h2", liquidity_bucket="low"))
@@ -158,8 +150,8 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
-def test_served_by_uvicorn_on_localhost(fake, monkeypatch):
-    monkeypatch.chdir(REPO)                                    # the repo's configs/runner.yaml and the files it names
+def test_served_by_uvicorn_on_localhost(fake, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)                                # no config file anywhere: the built-in defaults
     fake.reset()
     server = uvicorn.Server(uvicorn.Config(create_app(tollama_url=fake.url), host="127.0.0.1", port=_free_port(), log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True); thread.start()
@@ -175,15 +167,82 @@ def test_served_by_uvicorn_on_localhost(fake, monkeypatch):
     assert fake.stats.forecast_requests == 1
 
 
-def test_module_level_app_is_built_lazily(monkeypatch):
-    monkeypatch.chdir(REPO)
-    monkeypatch.setattr(api, "_app", None)
-    assert api._app is None                                    # importing built nothing
-    app = api.app
-    assert app is api.app and app.state.runner.config.env == "prod"
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        api.nope
-    monkeypatch.setattr(api, "_app", None)
+# --- the `serve` command line, as a subprocess -------------------------------------------------------------
+
+def _pythonpath() -> str:
+    "This checkout's package first on the path of a child process."
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def _serve(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    "`python -m tsfm_wb.tsfm.api serve ARGS` started in `cwd`, its output (the log lines) to `log`."
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "tsfm_wb.tsfm.api", "serve", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": _pythonpath(), **(env or {})})
+
+
+def _wait_for_health(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 180) -> dict:
+    "Poll /health until it answers (the limit only bounds a hung start; nothing is asserted about the time taken)."
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        assert proc.poll() is None, f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try: return httpx.get(f"{url}/health", timeout=5).json()
+        except httpx.HTTPError: time.sleep(0.2)
+    raise AssertionError(f"no answer on {url}/health:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    "Stop the service as Ctrl-C would; its exit status."
+    proc.send_signal(signal.SIGINT)
+    try: return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill(); return proc.wait()
+
+
+def test_serve_from_an_empty_folder_answers_through_the_daemon(fake, tmp_path):
+    fake.reset(api_key="s3cret-token")                         # the daemon wants a bearer token
+    port, cwd, log = _free_port(), tmp_path / "empty", tmp_path / "service.log"
+    cwd.mkdir()
+    proc = _serve(["--tollama-url", fake.url, "--port", str(port), "--log-format", "json"], cwd, log,
+                  env={"TSFM_WB_TOLLAMA_TOKEN": "s3cret-token"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        health = _wait_for_health(proc, url, log)
+        r = httpx.post(f"{url}/tsfm/forecast", json=body(), timeout=30)
+    finally:
+        code = _stop(proc); fake.reset()
+    assert (health["status"], health["backend"], health["env"]) == ("ok", "up", "prod")
+    meta = r.json()["meta"]
+    assert r.status_code == 200 and (meta["fallback_used"], meta["runtime"], meta["served_by"]) == (False, "tollama", "tsfm")
+    assert code == 0 and list(cwd.iterdir()) == []             # nothing read or written where it was started
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]   # every line a JSON object
+    assert any(x["msg"] == "forecast" and x["market_id"] == "m-1" and x["runtime"] == "tollama" for x in lines)
+    assert "s3cret-token" not in log.read_text()
+
+
+def test_serve_passes_its_settings_to_worker_processes(fake, tmp_path):
+    fake.reset(api_key="t0ken")
+    svc = tmp_path / "svc"; svc.mkdir()
+    (svc / "models.yaml").write_text("models:\n  chronos2: {license_tag: apache-2.0}\nprod:\n  allowed_models: [chronos2]\n")
+    (svc / "runner.yaml").write_text("models_config: models.yaml\ninput: {min_points: 100}\n")   # a path relative to the file
+    port, log = _free_port(), tmp_path / "service.log"
+    proc = _serve(["--config", "svc/runner.yaml", "--tollama-url", fake.url, "--tollama-token", "t0ken", "--port", str(port),
+                   "--workers", "2", "--log-level", "WARNING"], tmp_path, log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_for_health(proc, url, log)
+        short, long = (httpx.post(f"{url}/tsfm/forecast", json=body(n), timeout=30).json()["meta"] for n in (64, 120))
+    finally:
+        code = _stop(proc); fake.reset()
+    assert (short["fallback_used"], short["fallback_reason"]) == (True, "too_few_points")    # the worker read --config
+    assert (long["fallback_used"], long["runtime"]) == (False, "tollama")                      # ... and the URL and token
+    assert code == 0 and "t0ken" not in log.read_text()
+
+
+def test_serve_refuses_bad_settings_before_serving(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "tsfm_wb.tsfm.api", "serve", "--config", "missing.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": _pythonpath()})
+    assert out.returncode == 2 and "missing.yaml: config file not found" in out.stderr
 
 
 # --- property: 1,000 random requests --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tsfm_wb.experiments.bench import BenchSettings, evaluate_targets, run_bench
-from tsfm_wb.tsfm.runner import RunnerConfig
+from tsfm_wb.tsfm.runner.settings import RunnerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

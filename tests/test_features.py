@@ -2,15 +2,16 @@
 rules, and the exhaustive causality sweep (about 30 s: one full transform per window end, too slow for the
 notebook's test budget).
 
-The unit tests live in `nbs/lab/11_features.ipynb`, beside the code."""
+The unit tests live in `nbs/lab/11_features.ipynb` and `nbs/lab/11a_pipeline.ipynb`, beside the code."""
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from tsfm_wb.core import DataValidationError
-from tsfm_wb.lab.features import (CovariateSchema, DynamicCovariate, FeaturePipeline, StaticCovariate, check_window_shapes,
-                                  make_windows, unflatten_targets, window_end_indices)
+from tsfm_wb.lab.features import (CovariateSchema, DynamicCovariate, StaticCovariate, check_window_shapes, make_windows,
+                                  unflatten_targets, window_end_indices)
+from tsfm_wb.lab.pipeline import FeaturePipeline
 from tsfm_wb.lab.spline import SplinePreprocessor
 
 N = 160

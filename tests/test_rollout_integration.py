@@ -18,17 +18,18 @@ import httpx
 import pytest
 
 from tsfm_wb.tsfm.api import create_app
-from tsfm_wb.core import ConfigError, JsonLineFormatter
+from tsfm_wb.core import JsonLineFormatter
 from tsfm_wb.tsfm.fake_tollama import FakeTollama
 from tsfm_wb.tsfm.postprocess import PostprocessSettings
 from tsfm_wb.tsfm.rollout import HealthMonitor, RolloutController, RolloutSettings, in_cohort
-from tsfm_wb.tsfm.runner import LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner
+from tsfm_wb.tsfm.runner.licensing import LicenseGuard, ModelsRegistry
+from tsfm_wb.tsfm.runner.service import TSFMRunner
+from tsfm_wb.tsfm.runner.settings import RunnerConfig
 from tsfm_wb.tsfm.schemas import TSFMForecastResponse
 from tsfm_wb.tsfm.tollama import TollamaAdapter, TollamaConfig
 
 from test_runner import Clock, fake, market, server  # noqa: F401  (fixtures `server`, `fake`: the fake daemon, reset per test)
 
-REPO = Path(__file__).resolve().parent.parent
 T_END = datetime(2026, 2, 20, 12, tzinfo=timezone.utc)
 REGISTRY = ModelsRegistry(models={"chronos2": {"license_tag": "apache-2.0"}}, prod={"allowed_models": ["chronos2"]})
 PP = PostprocessSettings()
@@ -216,19 +217,6 @@ def test_runner_builds_rollout_and_monitor_from_config_and_an_open_breaker_degra
     assert o["open"] == ("open", "baseline_only", "circuit breaker open")
     assert who(o["degraded"]) == ("baseline", "baseline_only", "full")
     assert o["recovered"] == "tsfm" and who(o["probe"]) == ("tsfm", None, "full") and o["closed"] == "closed"
-
-
-def test_bad_rollout_config_fails_when_the_runner_is_built(fake, tmp_path):
-    path = _rollout_yaml(tmp_path, "current_phase: beta\n")
-    with pytest.raises(ConfigError, match="current_phase") as e:
-        TSFMRunner(RunnerConfig(rollout_config=path), adapter=TollamaAdapter(base_url=fake.url), guard=LicenseGuard(REGISTRY), postprocess=PP)
-    assert path in str(e.value)
-
-
-def test_repo_runner_config_runs_without_a_rollout(monkeypatch):
-    monkeypatch.chdir(REPO)
-    r = TSFMRunner.from_config("configs/runner.yaml")
-    assert (r.rollout, r.health_monitor, r.config.admin.enabled) == (None, None, False)
 
 
 def test_every_forecast_is_one_valid_json_line_with_the_required_fields(fake, forecast_log):

@@ -1,7 +1,8 @@
 """TSFMRunner against the fake tollama daemon over real HTTP on 127.0.0.1 (nothing patched).
 
-Faults, breaker, coalescing, cache and stale-if-error, the license guard at request time, and batched cycles
-that degrade per market. Time is a fake clock: no test sleeps.
+Faults, breaker, coalescing, cache and stale-if-error, the license guard at request time, batched cycles that
+degrade per market, and the online conformal feed. Time is a fake clock: no test sleeps. The parts on their own
+(settings, breaker, cache keys, license registry, responses) are tested in the notebooks nbs/tsfm/runner/30-37.
 """
 from __future__ import annotations
 
@@ -14,15 +15,14 @@ import numpy as np
 import pytest
 
 from tsfm_wb.tsfm.conformal import ConformalCalibrator, ConformalRecord
-from tsfm_wb.core import ConfigError
 from tsfm_wb.tsfm.fake_tollama import FakeTollama
 from tsfm_wb.tsfm.postprocess import PostprocessSettings
-from tsfm_wb.tsfm.runner import (CircuitBreaker, LicenseGuard, ModelsRegistry, RunnerConfig, TSFMRunner, forecast_cache_key,
-                            load_runner_config)
+from tsfm_wb.tsfm.runner.licensing import LicenseGuard, ModelsRegistry
+from tsfm_wb.tsfm.runner.service import TSFMRunner
+from tsfm_wb.tsfm.runner.settings import RunnerConfig
 from tsfm_wb.tsfm.schemas import TSFMForecastRequest, TSFMForecastResponse
 from tsfm_wb.tsfm.tollama import TollamaAdapter, TollamaConfig
 
-REPO = Path(__file__).resolve().parent.parent
 T_END = datetime(2026, 2, 20, 12, tzinfo=timezone.utc)
 REGISTRY = ModelsRegistry(models={"chronos2": {"license_tag": "apache-2.0"}, "not-installed": {"license_tag": "apache-2.0"},
                                   "moirai-2.0-R-small": {"license_tag": "cc-by-nc-4.0", "research_only": True}},
@@ -78,7 +78,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-# --- happy path, slicing, config -------------------------------------------------------------------------
+# --- happy path, slicing -------------------------------------------------------------------------
 
 def test_tsfm_answer_maps_back_to_probabilities(fake):
     async def go():
@@ -93,25 +93,6 @@ def test_tsfm_answer_maps_back_to_probabilities(fake):
     assert any("sliced to the last 288 of 400" in w for w in resp.meta.warnings)
     assert resp.conformal.applied is False and "fewer than 500" in resp.conformal.reason   # online calibrator, still empty
     assert fake.stats.forecast_requests == 1 and fake.stats.series == 1
-
-
-def test_repo_configs_hold_the_documented_defaults(monkeypatch):
-    monkeypatch.chdir(REPO)
-    cfg = load_runner_config("configs/runner.yaml")
-    assert (cfg.env, cfg.input.input_len_steps, cfg.input.min_points, cfg.input.max_gap_minutes) == ("prod", 288, 32, 60)
-    assert (cfg.cache.ttl_s, cfg.cache.stale_if_error_s, cfg.breaker.failures, cfg.breaker.cooldown_s, cfg.cycle.top_n) == (60, 120, 5, 120, 200)
-    assert (cfg.conformal_state, cfg.conformal_online, cfg.conformal_state_save, cfg.conformal_feed.band) == (None, True, None, (0.1, 0.9))
-    guard = LicenseGuard.from_yaml(cfg.models_config, cfg.env)
-    research_only = [m for m, e in guard.registry.models.items() if e.research_only]
-    assert research_only and not set(research_only) & set(guard.registry.prod.allowed_models)
-
-
-def test_registry_refuses_research_only_model_in_prod_allow_list(tmp_path):
-    p = tmp_path / "models.yaml"
-    p.write_text("models:\n  moirai-2.0-R-small: {license_tag: cc-by-nc-4.0, research_only: true}\n"
-                 "prod:\n  allowed_models: [moirai-2.0-R-small]\n")
-    with pytest.raises(ConfigError, match="is research-only; remove it"):
-        LicenseGuard.from_yaml(p)
 
 
 # --- faults: every one is a valid baseline answer with its reason ------------------------------------------
@@ -247,16 +228,6 @@ def test_breaker_is_correct_under_a_concurrent_burst(fake):
     assert after.meta.fallback_reason == "breaker_open" and calls == 20
 
 
-def test_breaker_ignores_answers_from_before_a_transition():
-    clock = Clock()
-    br = CircuitBreaker(1, 60, 10, clock=clock)
-    old_success, fail = br.acquire(), br.acquire()
-    br.record_failure(fail)
-    assert br.state == "open"
-    br.record_success(old_success)                                         # a success from before the opening
-    assert br.state == "open" and br.acquire() is None
-
-
 # --- coalescing, cache, stale-if-error ----------------------------------------------------------------------
 
 def test_identical_concurrent_requests_make_one_backend_call(fake):
@@ -304,20 +275,6 @@ def test_cache_hit_copies_cannot_corrupt_the_cache(fake):
             return await r.forecast(req)
     b = run(go())
     assert b.meta.cache_hit and b.yhat_q["0.5"][0] >= 0 and "mutated" not in b.meta.warnings
-
-
-def test_cache_key_covers_every_request_field():
-    base = market(1)
-    k = forecast_cache_key(base)
-    assert forecast_cache_key(base.model_copy(update={"request_id": "x"})) == k
-    changes = {"y": base.y[:-1] + [0.123], "y_ts": [t - timedelta(seconds=1) for t in base.y_ts], "as_of_ts": T_END + timedelta(minutes=1),
-               "freq": "1h", "horizon_steps": 6, "quantiles": [0.2, 0.8], "transform": {"kind": "none"},
-               "model": {"model_name": "x", "params": {"a": 1}}, "liquidity_bucket": "mid", "volume_24h": 1.0,
-               "time_to_event_s": 5.0, "category": "c", "market_id": "other"}
-    assert set(changes) | {"request_id"} == set(TSFMForecastRequest.model_fields)   # a new schema field must join this test
-    for name, value in changes.items():
-        changed = TSFMForecastRequest.model_validate({**base.model_dump(), name: value})
-        assert forecast_cache_key(changed) != k, name
 
 
 # --- batched cycles -----------------------------------------------------------------------------------------
@@ -502,8 +459,3 @@ def test_online_feed_memory_is_bounded(fake, tmp_path):
     books, pending, m3, recorded = run(go())
     assert books == ["m-2", "m-3"]                                        # least recently seen markets dropped
     assert m3 == 3 and pending == 4 and recorded > 0
-
-
-def test_missing_conformal_state_is_a_config_error(fake, tmp_path):
-    with pytest.raises(ConfigError, match="conformal_state .* not found"):
-        make_runner(fake, conformal_state=str(tmp_path / "nope.json"))

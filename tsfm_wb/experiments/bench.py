@@ -31,7 +31,8 @@ from .. import __version__
 from ..tsfm.api import create_app
 from ..core import BackendError, StrictModel, atomic_write_json, atomic_write_text, get_logger
 from ..data import simulate_markets
-from ..tsfm.runner import DEFAULT_RUNNER_CONFIG, RunnerConfig, TSFMRunner, load_runner_config
+from ..tsfm.runner.service import TSFMRunner
+from ..tsfm.runner.settings import DEFAULT_RUNNER_CONFIG, RunnerConfig, load_runner_config
 from ..tsfm.schemas import TSFMForecastRequest
 from ..tsfm.tollama import TollamaAdapter, load_tollama_config
 

@@ -83,7 +83,8 @@ def _runner_forecaster(cfg: TsfmEvalConfig, freq: str) -> Iterator[tuple[Any, di
             counts["baseline"] = counts.get("baseline", 0) + 1; return baseline_quantiles(y, h, qs)
         yield base, counts; return
     from tsfm_wb.tsfm.fake_tollama import serve_fake_tollama
-    from tsfm_wb.tsfm.runner import RunnerConfig, TSFMRunner, load_runner_config
+    from tsfm_wb.tsfm.runner.service import TSFMRunner
+    from tsfm_wb.tsfm.runner.settings import RunnerConfig, load_runner_config
     from tsfm_wb.tsfm.schemas import ModelSpec, TSFMForecastRequest, quantile_key
     from tsfm_wb.tsfm.tollama import TollamaAdapter, load_tollama_config
     with contextlib.ExitStack() as stack:

@@ -26,7 +26,8 @@ from ..data import DATASETS, load_dataset
 from ..metrics import evaluate_by_horizon, evaluate_point
 from ..backtest import make_baseline, walk_forward_splits
 from .spline import DEFAULT_MAX_GAP, DEFAULT_METHOD, DEFAULT_OUTLIER_Z, SplinePreprocessor
-from .features import CalendarSpec, CovariateSchema, FeaturePipeline, load_covariate_schema, time_split_points
+from .features import CalendarSpec, CovariateSchema, load_covariate_schema, time_split_points
+from .pipeline import FeaturePipeline
 from .models import MODEL_REGISTRY, build_model, get_model_class, param_count, parse_hparams
 
 # %% auto #0
@@ -169,7 +170,7 @@ class PreparedData:
     "A frame turned into windows: the fitted pipeline, windows, split indices and observed targets on the grid."
     df: pd.DataFrame
     pipeline: FeaturePipeline
-    windows: Any                      # tsfm_wb.lab.features.WindowedData
+    windows: Any                      # tsfm_wb.lab.pipeline.WindowedData
     parts: dict[str, np.ndarray]      # window indices of 'train', 'val', 'test'
     observed: np.ndarray              # [T, F_target] observed targets on the grid, NaN where missing
 

@@ -5,8 +5,13 @@
 # %% ../../nbs/tsfm/40_api.ipynb #6d222071
 from __future__ import annotations
 
+import argparse
+import asyncio
 import hmac
+import logging.config
 import os
+import sys
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -16,19 +21,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
-from ..core import BackendError, ConfigError, DataValidationError, LicenseError, ModelError, TsfmWbError
+from ..core import (LOG_FORMAT_ENV, BackendError, ConfigError, DataValidationError, LicenseError, ModelError, TsfmWbError,
+                          log_format_from_env)
 from .rollout import RolloutController
-from .runner import DEFAULT_RUNNER_CONFIG, RunnerConfig, TSFMRunner, load_runner_config
+from .runner.service import TSFMRunner
+from .runner.settings import RunnerConfig, load_runner_config
 from .schemas import TSFMForecastRequest, TSFMForecastResponse
 from .tollama import TollamaAdapter, load_tollama_config
 
 # %% auto #0
-__all__ = ['ERROR_STATUS', 'RUNNER_CONFIG_ENV', 'PROMETHEUS_CONTENT_TYPE', 'error_status', 'create_app']
+__all__ = ['ERROR_STATUS', 'RUNNER_CONFIG_ENV', 'TOLLAMA_URL_ENV', 'TOLLAMA_TOKEN_ENV', 'PROMETHEUS_CONTENT_TYPE', 'APP_FACTORY',
+           'WORKER_HEALTHCHECK_S', 'error_status', 'create_app', 'serve_log_config', 'main']
 
 # %% ../../nbs/tsfm/40_api.ipynb #1dc3c61d
 ERROR_STATUS: tuple[tuple[type[TsfmWbError], int], ...] = (
     (DataValidationError, 422), (LicenseError, 403), (ModelError, 400), (BackendError, 502), (ConfigError, 500), (TsfmWbError, 500))
-RUNNER_CONFIG_ENV = "TSFM_WB_RUNNER_CONFIG"
+RUNNER_CONFIG_ENV = "TSFM_WB_RUNNER_CONFIG"      # a runner YAML file (unset: the built-in defaults)
+TOLLAMA_URL_ENV = "TSFM_WB_TOLLAMA_URL"          # the tollama daemon's address (unset: the runtime config's)
+TOLLAMA_TOKEN_ENV = "TSFM_WB_TOLLAMA_TOKEN"      # the daemon's bearer token (unset: the runtime config's api_key_env)
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 def error_status(exc: TsfmWbError) -> int:
@@ -40,12 +50,13 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
     return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
 
 # %% ../../nbs/tsfm/40_api.ipynb #3b56518f
-def _build_runner(runner_config: str | Path | RunnerConfig | None, tollama_url: str | None) -> TSFMRunner:
-    "A runner from a config (object or path; default from the environment or `configs/runner.yaml`)."
+def _build_runner(runner_config: str | Path | RunnerConfig | None, tollama_url: str | None,
+                  tollama_token: str | None) -> TSFMRunner:
+    "A runner from a config (object or path; default: `$TSFM_WB_RUNNER_CONFIG`, else the built-in defaults), pointed at a daemon."
     if not isinstance(runner_config, RunnerConfig):
-        runner_config = load_runner_config(runner_config or os.environ.get(RUNNER_CONFIG_ENV, DEFAULT_RUNNER_CONFIG))
-    tollama = load_tollama_config(runner_config.runtime_config)
-    adapter = TollamaAdapter(tollama, base_url=tollama_url) if tollama_url else TollamaAdapter(tollama)
+        runner_config = load_runner_config(runner_config or os.environ.get(RUNNER_CONFIG_ENV) or None)
+    over = {"base_url": tollama_url or os.environ.get(TOLLAMA_URL_ENV), "api_key": tollama_token or os.environ.get(TOLLAMA_TOKEN_ENV)}
+    adapter = TollamaAdapter(load_tollama_config(runner_config.runtime_config), **{k: v for k, v in over.items() if v})
     return TSFMRunner(runner_config, adapter=adapter)
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -94,10 +105,10 @@ def _install_admin_routes(app: FastAPI, runner: TSFMRunner) -> None:
 
 # %% ../../nbs/tsfm/40_api.ipynb #a89e9d8a
 def create_app(runner_config: str | Path | RunnerConfig | None = None, *, runner: TSFMRunner | None = None,
-               tollama_url: str | None = None) -> FastAPI:
-    "The FastAPI service around `runner` (or one built from `runner_config`, optionally pointed at `tollama_url`)."
+               tollama_url: str | None = None, tollama_token: str | None = None) -> FastAPI:
+    "The service around `runner`, or one built from `runner_config` and pointed at `tollama_url` (unset: the `TSFM_WB_*` variables)."
     owned = runner is None
-    the_runner = _build_runner(runner_config, tollama_url) if owned else runner
+    the_runner = _build_runner(runner_config, tollama_url, tollama_token) if owned else runner
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -134,3 +145,57 @@ def __getattr__(name: str) -> Any:
     if name != "app": raise AttributeError(f"module 'tsfm_wb.tsfm.api' has no attribute {name!r}")
     if _app is None: _app = create_app()
     return _app
+
+# %% ../../nbs/tsfm/40_api.ipynb #27fdce59
+APP_FACTORY = "tsfm_wb.tsfm.api:create_app"
+WORKER_HEALTHCHECK_S = 60   # a worker imports the package before it answers uvicorn's supervisor: allow more than its 5 s
+
+def _serve_parser() -> argparse.ArgumentParser:
+    "The arguments of `serve`."
+    p = argparse.ArgumentParser(prog="tsfm-wb serve", description="Serve the TSFM runner over HTTP (FastAPI on uvicorn).")
+    p.add_argument("--tollama-url", help=f"the tollama daemon's address (default: ${TOLLAMA_URL_ENV}, else the runtime config's)")
+    p.add_argument("--tollama-token", help=f"the daemon's bearer token (default: ${TOLLAMA_TOKEN_ENV}, the safer way to pass it)")
+    p.add_argument("--config", help=f"runner YAML file (default: ${RUNNER_CONFIG_ENV}, else the built-in defaults)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
+    p.add_argument("--log-format", choices=("json", "text"), help=f"log lines as JSON objects or text (default: ${LOG_FORMAT_ENV}, else text)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+def serve_log_config(json_lines: bool, level: str = "INFO") -> dict[str, Any]:
+    "A `logging.config.dictConfig` for the service: tsfm_wb's and uvicorn's loggers to stderr, JSON lines or text."
+    handler = {"class": "logging.StreamHandler", "formatter": "json" if json_lines else "text", "stream": "ext://sys.stderr"}
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"json": {"()": "tsfm_wb.core.JsonLineFormatter"},
+                           "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+            "handlers": {"stderr": handler},
+            "loggers": {n: {"handlers": ["stderr"], "level": level, "propagate": False} for n in ("tsfm_wb", "uvicorn", "uvicorn.access")}}
+
+def main(argv: Sequence[str] | None = None) -> int:
+    "`serve`: run the service with uvicorn until stopped; the exit status (2: bad arguments or settings)."
+    import uvicorn
+    try: a = _serve_parser().parse_args(argv)
+    except SystemExit as e: return e.code if isinstance(e.code, int) else 2
+    env = {RUNNER_CONFIG_ENV: a.config and str(Path(a.config).resolve()), TOLLAMA_URL_ENV: a.tollama_url,
+           TOLLAMA_TOKEN_ENV: a.tollama_token, LOG_FORMAT_ENV: a.log_format}
+    try:
+        json_lines = a.log_format == "json" if a.log_format else log_format_from_env()
+        log_config = serve_log_config(json_lines, a.log_level)
+        logging.config.dictConfig(log_config)
+        app = create_app(env[RUNNER_CONFIG_ENV], tollama_url=a.tollama_url, tollama_token=a.tollama_token)
+    except TsfmWbError as e:
+        print(f"tsfm-wb serve: {e}", file=sys.stderr); return 2
+    if a.workers > 1:                       # each worker builds its own app from the factory and the environment
+        asyncio.run(app.state.runner.aclose())
+        os.environ.update({k: v for k, v in env.items() if v}); app = APP_FACTORY
+    try: uvicorn.run(app, factory=a.workers > 1, host=a.host, port=a.port, workers=a.workers, log_config=log_config,
+                     log_level=a.log_level.lower(), timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+    except SystemExit as e: return e.code if isinstance(e.code, int) else 1
+    return 0
+
+# %% ../../nbs/tsfm/40_api.ipynb #df2bef73
+#| eval: false
+if __name__ == "__main__" and "__file__" in globals():   # `python -m tsfm_wb.tsfm.api serve ...`, never a notebook kernel
+    if sys.argv[1:2] != ["serve"]: sys.exit("usage: python -m tsfm_wb.tsfm.api serve [options] (see serve --help)")
+    sys.exit(main(sys.argv[2:]))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, NamedTuple, Sequence
 
 import pandas as pd
+from fastcore.basics import patch
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .alerts import Rate
@@ -23,13 +24,12 @@ from ..core import ConfigError, DataValidationError, StrictModel, get_logger, lo
 from .schemas import TSFMForecastRequest, TSFMForecastResponse, freq_timedelta
 
 # %% auto #0
-__all__ = ['DEFAULT_ROLLOUT_CONFIG', 'DEFAULT_SALT', 'N_BUCKETS', 'HEALTH_INTERVAL_S', 'PROBE_TIMEOUT_S', 'MAX_RELATIVE_DROP',
-           'ROLLBACK_WINDOW_DAYS', 'MIN_OUTCOMES', 'PhaseSpec', 'AutoRollbackSettings', 'HealthSettings',
-           'RolloutSettings', 'load_rollout_settings', 'cohort_bucket', 'in_cohort', 'BandDecision', 'RollbackDecision',
+__all__ = ['DEFAULT_SALT', 'N_BUCKETS', 'HEALTH_INTERVAL_S', 'PROBE_TIMEOUT_S', 'MAX_RELATIVE_DROP', 'ROLLBACK_WINDOW_DAYS',
+           'MIN_OUTCOMES', 'PhaseSpec', 'AutoRollbackSettings', 'HealthSettings', 'RolloutSettings',
+           'load_rollout_settings', 'cohort_bucket', 'in_cohort', 'BandDecision', 'RollbackDecision',
            'RolloutController', 'HealthTransition', 'HealthMonitor', 'forecast_log_record', 'log_forecast']
 
 # %% ../../nbs/tsfm/29_rollout.ipynb #1d294c86
-DEFAULT_ROLLOUT_CONFIG = Path("configs/rollout.yaml")
 DEFAULT_SALT = "tsfm-rollout-v1"    # changing it reshuffles every cohort
 N_BUCKETS = 10_000                  # cohort resolution: 0.01%
 HEALTH_INTERVAL_S = 30.0            # probe period
@@ -69,7 +69,7 @@ def _default_phases() -> list[PhaseSpec]:
     return [PhaseSpec(name=n, served_percent=p) for n, p in (("shadow", 0), ("canary", 10), ("ramp", 50), ("full", 100))]
 
 class RolloutSettings(StrictModel):
-    "Rollout settings (`configs/rollout.yaml`)."
+    "Rollout settings: phases, current phase, rollback toggle, automatic-rollback rule and health probe."
     phases: list[PhaseSpec] = Field(default_factory=_default_phases, min_length=1)
     current_phase: str = "shadow"
     rollback: bool = False
@@ -102,9 +102,9 @@ class RolloutSettings(StrictModel):
             if p.name == name: return p
         raise ConfigError(f"unknown phase {name!r}; phases are {[p.name for p in self.phases]}")
 
-def load_rollout_settings(path: str | Path = DEFAULT_ROLLOUT_CONFIG) -> RolloutSettings:
-    "Read and validate `configs/rollout.yaml`; errors name the file and the key."
-    return load_config(path, RolloutSettings)
+def load_rollout_settings(path: str | Path | None = None) -> RolloutSettings:
+    "Read and validate a rollout YAML file (errors name the file and the key); None: the built-in defaults."
+    return RolloutSettings() if path is None else load_config(path, RolloutSettings)
 
 # %% ../../nbs/tsfm/29_rollout.ipynb #43ce4636
 def cohort_bucket(market_id: str, salt: str = DEFAULT_SALT) -> int:
@@ -157,8 +157,8 @@ class RolloutController:
         self._rollback = (self.config.rollback, "configured (rollback: true)" if self.config.rollback else None, None)
 
     @classmethod
-    def from_config(cls, path: str | Path = DEFAULT_ROLLOUT_CONFIG, **kw: Any) -> RolloutController:
-        "A controller configured by `configs/rollout.yaml`."
+    def from_config(cls, path: str | Path | None = None, **kw: Any) -> RolloutController:
+        "A controller configured by the rollout YAML file `path` (None: the built-in defaults)."
         return cls(load_rollout_settings(path), **kw)
 
     @property
@@ -179,17 +179,20 @@ class RolloutController:
         return new
 
 # %% ../../nbs/tsfm/29_rollout.ipynb #9a3d5545
-def _rollback(self: RolloutController, reason: str = "manual") -> None:
+@patch
+def rollback(self: RolloutController, reason: str = "manual") -> None:
     "Return every market to the baseline band, from the next call on."
     with self._lock: self._rollback = (True, reason, self._clock())
     self._log.warning("rollout rolled back: baseline bands for every market", extra={"reason": reason, "phase": self._phase.name})
 
-def _clear_rollback(self: RolloutController) -> None:
+@patch
+def clear_rollback(self: RolloutController) -> None:
     "Undo `rollback()`: the phase's cohorts apply again from the next call on."
     with self._lock: self._rollback = (False, None, None)
     self._log.warning("rollout rollback cleared", extra={"phase": self._phase.name})
 
-def _band_source_for(self: RolloutController, market_id: str) -> BandDecision:
+@patch
+def band_source_for(self: RolloutController, market_id: str) -> BandDecision:
     "The band decision for one market now (rollback, health, then the phase's cohorts)."
     with self._lock: phase, rolled = self._phase, self._rollback[0]
     if rolled: return BandDecision("baseline", False, phase.name, "rollback")
@@ -199,14 +202,12 @@ def _band_source_for(self: RolloutController, market_id: str) -> BandDecision:
     if bucket < round(phase.computed_percent * N_BUCKETS / 100): return BandDecision("tsfm", False, phase.name, "shadow")
     return BandDecision("baseline", False, phase.name, "not_computed")
 
-def _status(self: RolloutController) -> dict[str, Any]:
+@patch
+def status(self: RolloutController) -> dict[str, Any]:
     "Phase, percentages and rollback state, for `/health` and `/metrics`."
     with self._lock: phase, (rolled, reason, at) = self._phase, self._rollback
     return {"phase": phase.name, "served_percent": phase.served_percent, "computed_percent": phase.computed_percent,
             "rollback": rolled, "rollback_reason": reason, "rollback_at": at}
-
-RolloutController.rollback, RolloutController.clear_rollback = _rollback, _clear_rollback
-RolloutController.band_source_for, RolloutController.status = _band_source_for, _status
 
 # %% ../../nbs/tsfm/29_rollout.ipynb #935cfbf0
 def _outcomes_frame(outcomes: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -227,8 +228,9 @@ def _arm_rate(w: pd.DataFrame, arm: str) -> Rate:
     return Rate(int(a["followed"].sum()), len(a))
 
 # %% ../../nbs/tsfm/29_rollout.ipynb #595b777d
-def _evaluate_auto_rollback(self: RolloutController, outcomes: pd.DataFrame | Sequence[Mapping[str, Any]],
-                            now: Any = None, apply: bool = True) -> RollbackDecision:
+@patch
+def evaluate_auto_rollback(self: RolloutController, outcomes: pd.DataFrame | Sequence[Mapping[str, Any]],
+                           now: Any = None, apply: bool = True) -> RollbackDecision:
     "Apply the auto-rollback rule to recorded alert outcomes; roll back when it fires (and `apply`)."
     rule, df = self.config.auto_rollback, _outcomes_frame(outcomes)
     if not len(df): return RollbackDecision(False, "no outcomes recorded", Rate(0, 0), Rate(0, 0), None, None, None)
@@ -248,8 +250,6 @@ def _evaluate_auto_rollback(self: RolloutController, outcomes: pd.DataFrame | Se
     self._log.info("auto-rollback evaluated", extra={"fire": fire, "reason": why, "window_end": end.isoformat()})
     if fire and apply: self.rollback(f"auto: {why}")
     return decision
-
-RolloutController.evaluate_auto_rollback = _evaluate_auto_rollback
 
 # %% ../../nbs/tsfm/29_rollout.ipynb #31b3b612
 _Mode = Literal["tsfm", "baseline_only"]
@@ -286,8 +286,11 @@ class HealthMonitor:
 
     @classmethod
     def from_settings(cls, probe: Callable[[], Awaitable[bool]], settings: HealthSettings, **kw: Any) -> HealthMonitor:
-        "A monitor with the `health:` section of `configs/rollout.yaml`."
+        "A monitor with the `health:` section of the rollout settings."
         return cls(probe, **settings.model_dump(), **kw)
+
+    async def __aenter__(self) -> HealthMonitor: self.start(); return self
+    async def __aexit__(self, *exc: Any) -> None: await self.stop()
 
     @property
     def healthy(self) -> bool:
@@ -300,6 +303,7 @@ class HealthMonitor:
         return "tsfm" if self._healthy else "baseline_only"
 
 # %% ../../nbs/tsfm/29_rollout.ipynb #ceed7add
+@patch
 async def _run_probe(self: HealthMonitor) -> tuple[bool, str | None]:
     "(ok, why not) of one probe: False, an exception, a timeout or an open breaker are failures."
     try:
@@ -310,7 +314,8 @@ async def _run_probe(self: HealthMonitor) -> tuple[bool, str | None]:
     if ok and self._breaker_open is not None and self._breaker_open(): ok, why = False, "circuit breaker open"
     return ok, why
 
-async def _tick(self: HealthMonitor) -> bool:
+@patch
+async def tick(self: HealthMonitor) -> bool:
     "Probe once now, update the mode (logging a transition) and return `healthy`."
     ok, why = await self._run_probe()
     self.n_probes, self.last_probe_at = self.n_probes + 1, self._clock()
@@ -326,26 +331,28 @@ async def _tick(self: HealthMonitor) -> bool:
                       extra={"from_mode": before, "to_mode": self.mode, "reason": reason})
     return self._healthy
 
-async def _maybe_tick(self: HealthMonitor) -> bool:
+@patch
+async def maybe_tick(self: HealthMonitor) -> bool:
     "Probe when `interval_s` has passed since the last probe (or none was made); return `healthy`."
     if self.last_probe_at is None or self._clock() - self.last_probe_at >= self.settings.interval_s: await self.tick()
     return self._healthy
 
-HealthMonitor._run_probe, HealthMonitor.tick, HealthMonitor.maybe_tick = _run_probe, _tick, _maybe_tick
-
 # %% ../../nbs/tsfm/29_rollout.ipynb #4703da52
+@patch
 async def _loop(self: HealthMonitor) -> None:
     "Probe, sleep `interval_s`, repeat (until cancelled)."
     while True:
         await self.tick()
         await self._sleep(self.settings.interval_s)
 
-def _start(self: HealthMonitor) -> asyncio.Task:
+@patch
+def start(self: HealthMonitor) -> asyncio.Task:
     "Start the probing task on the running event loop (idempotent)."
     if self._task is None or self._task.done(): self._task = asyncio.get_running_loop().create_task(self._loop(), name="tsfm-health")
     return self._task
 
-async def _stop(self: HealthMonitor) -> None:
+@patch
+async def stop(self: HealthMonitor) -> None:
     "Cancel the probing task and wait for it."
     task, self._task = self._task, None
     if task is None: return
@@ -353,19 +360,12 @@ async def _stop(self: HealthMonitor) -> None:
     try: await task
     except asyncio.CancelledError: pass
 
-def _health_status(self: HealthMonitor) -> dict[str, Any]:
+@patch
+def status(self: HealthMonitor) -> dict[str, Any]:
     "Mode and probe bookkeeping, for `/health` and `/metrics`."
     return {"mode": self.mode, "healthy": self._healthy, "last_probe_at": self.last_probe_at, "last_error": self.last_error,
             "consecutive_failures": self._fails, "n_probes": self.n_probes, "n_transitions": len(self.transitions),
             "running": self._task is not None and not self._task.done()}
-
-async def _aenter(self: HealthMonitor) -> HealthMonitor:
-    self.start(); return self
-
-async def _aexit(self: HealthMonitor, *exc: Any) -> None: await self.stop()
-
-HealthMonitor._loop, HealthMonitor.start, HealthMonitor.stop, HealthMonitor.status = _loop, _start, _stop, _health_status
-HealthMonitor.__aenter__, HealthMonitor.__aexit__ = _aenter, _aexit
 
 # %% ../../nbs/tsfm/29_rollout.ipynb #0e336977
 _RESERVED_LOG_KEYS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}

@@ -7,34 +7,38 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import httpx
-import numpy as np
+from fastcore.basics import patch
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
-from ..core import BackendError, ConfigError, DataValidationError, LicenseError, StrictModel, get_logger, read_yaml
-from .schemas import FallbackReason, TSFMForecastRequest, freq_timedelta, future_timestamps, pandas_freq, quantile_key
+from ..core import ConfigError, StrictModel, get_logger, read_yaml
+from .tollama_protocol import (BackendHTTPError, BackendLicenseError, BackendProtocolError, BackendRateLimitError,
+                                           BackendRequestError, BackendTimeoutError, BackendUnavailableError, ModelNotFoundError,
+                                           SeriesForecastResult, TollamaError, TollamaForecast, TollamaSeries,
+                                           build_forecast_payload, error_from_response, parse_forecast_response)
+
+_all_ = ["TollamaError", "BackendTimeoutError", "BackendHTTPError", "BackendRequestError", "ModelNotFoundError",   # the protocol's
+         "BackendLicenseError", "BackendRateLimitError", "BackendUnavailableError", "BackendProtocolError",       # names, importable
+         "error_from_response", "TollamaSeries", "build_forecast_payload", "SeriesForecastResult", "TollamaForecast",  # from here too
+         "parse_forecast_response"]
 
 # %% auto #0
-__all__ = ['DEFAULT_TOLLAMA_URL', 'DEFAULT_RUNTIME_CONFIG', 'TollamaConfig', 'load_tollama_config', 'TollamaError',
-           'BackendTimeoutError', 'BackendHTTPError', 'BackendRequestError', 'ModelNotFoundError',
-           'BackendLicenseError', 'BackendRateLimitError', 'BackendUnavailableError', 'BackendProtocolError',
-           'error_from_response', 'TollamaSeries', 'build_forecast_payload', 'SeriesForecastResult', 'TollamaForecast',
-           'parse_forecast_response', 'TollamaAdapter']
+__all__ = ['DEFAULT_TOLLAMA_URL', 'TollamaConfig', 'load_tollama_config', 'TollamaAdapter', 'TollamaError', 'BackendTimeoutError',
+           'BackendHTTPError', 'BackendRequestError', 'ModelNotFoundError', 'BackendLicenseError',
+           'BackendRateLimitError', 'BackendUnavailableError', 'BackendProtocolError', 'error_from_response',
+           'TollamaSeries', 'build_forecast_payload', 'SeriesForecastResult', 'TollamaForecast',
+           'parse_forecast_response']
 
 # %% ../../nbs/tsfm/21_tollama.ipynb #785b888b
 DEFAULT_TOLLAMA_URL = "http://127.0.0.1:11435"
-DEFAULT_RUNTIME_CONFIG = Path("configs/tsfm_runtime.yaml")
 
 class TollamaConfig(StrictModel):
     "Connection, deadline, retry and pool settings of the tollama adapter."
@@ -70,217 +74,10 @@ def _tollama_config(data: dict[str, Any], where: str) -> TollamaConfig:
         lines = [f"{where}: key '{'.'.join(map(str, x['loc'])) or '<root>'}': {x['msg']}" for x in e.errors()]
         raise ConfigError("\n".join(lines)) from None
 
-def load_tollama_config(path: str | Path = DEFAULT_RUNTIME_CONFIG, section: str = "tollama") -> TollamaConfig:
-    "Read the `section` mapping of a YAML file as a `TollamaConfig`; errors name the file and key."
+def load_tollama_config(path: str | Path | None = None, section: str = "tollama") -> TollamaConfig:
+    "Read the `section` mapping of a YAML file as a `TollamaConfig` (None: the defaults); errors name the file and key."
+    if path is None: return TollamaConfig()
     return _tollama_config(read_yaml(path).get(section) or {}, f"{path} [{section}]")
-
-# %% ../../nbs/tsfm/21_tollama.ipynb #fc6b955d
-class TollamaError(BackendError):
-    "Base of the tollama adapter's errors."
-    reason: ClassVar[FallbackReason] = FallbackReason.ADAPTER_ERROR
-    def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None, hint: str | None = None,
-                 retryable: bool = False, retry_after: float | None = None):
-        super().__init__(message)
-        self.status_code, self.detail, self.hint = status_code, detail, hint
-        self.retryable, self.retry_after = retryable, retry_after
-        self.request_id: str | None = None
-        self.attempts = 0
-
-    def __init_subclass__(cls, reason: FallbackReason | None = None, **kw: Any):
-        "Subclasses name their fallback reason in the class statement: `class X(TollamaError, reason=...)`."
-        super().__init_subclass__(**kw)
-        if reason is not None: cls.reason = reason
-
-class BackendTimeoutError(TollamaError, reason=FallbackReason.TIMEOUT):
-    "The call's deadline ran out (retries and backoff included)."
-
-class BackendHTTPError(TollamaError):
-    "The daemon answered with an error status (500, 502, 504, or a 404 for an unknown route)."
-
-class BackendRequestError(BackendHTTPError, reason=FallbackReason.REQUEST_REJECTED):
-    "The daemon refused our request or credentials (400, 401, 403, 413, 422): retrying cannot help."
-
-class ModelNotFoundError(BackendHTTPError, reason=FallbackReason.MODEL_NOT_FOUND):
-    "404: the model is not installed in the daemon."
-
-class BackendLicenseError(BackendHTTPError, LicenseError, reason=FallbackReason.LICENSE_REFUSED):
-    "409: the model's license has not been accepted."
-
-class BackendRateLimitError(BackendHTTPError, reason=FallbackReason.RATE_LIMITED):
-    "429: the daemon's rate limit."
-
-class BackendUnavailableError(TollamaError, reason=FallbackReason.UNAVAILABLE):
-    "The daemon cannot be reached (connection refused or dropped) or answered 503."
-
-class BackendProtocolError(TollamaError, reason=FallbackReason.BAD_RESPONSE):
-    "The daemon answered 200 with something unusable: not JSON, wrong shapes, missing series, non-finite values."
-
-# %% ../../nbs/tsfm/21_tollama.ipynb #fa14e8bc
-def _detail_text(detail: Any) -> str:
-    "Readable text of a daemon `detail` (string, {'code','message'} dict, or list of validation errors)."
-    if isinstance(detail, dict): return str(detail.get("message", detail))
-    if isinstance(detail, list):
-        return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail)
-    return str(detail)
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    "Seconds from a `Retry-After` header (delta-seconds form only)."
-    try: v = float(headers.get("Retry-After", ""))
-    except ValueError: return None
-    return v if math.isfinite(v) and v >= 0 else None
-
-def error_from_response(status: int, body: bytes, headers: httpx.Headers, where: str) -> TollamaError:
-    "The typed error for an error answer `status` with `body` from `where` (endpoint and model)."
-    try: payload = json.loads(body)
-    except ValueError: payload = None
-    detail = payload.get("detail") if isinstance(payload, dict) else body[:300].decode("utf-8", "replace")
-    hint = payload.get("hint") if isinstance(payload, dict) else None
-    text = _detail_text(detail)
-    msg = f"tollama answered {status} to {where}: {text}" + (f" (hint: {hint})" if hint else "")
-    kw = dict(status_code=status, detail=detail, hint=hint, retry_after=_retry_after(headers))
-    if status == 404:
-        if "not installed" in text or "model" in text.lower(): return ModelNotFoundError(msg, **kw)
-        return BackendHTTPError(f"{msg}; the route does not exist: check base_url and endpoint", **kw)
-    if status == 409: return BackendLicenseError(msg, **kw)
-    if status == 429: return BackendRateLimitError(msg, retryable=True, **kw)
-    if status == 503: return BackendUnavailableError(msg, retryable=True, **kw)
-    if status in (400, 401, 403, 413, 422): return BackendRequestError(msg, **kw)
-    return BackendHTTPError(msg, retryable=status >= 500, **kw)
-
-# %% ../../nbs/tsfm/21_tollama.ipynb #3198e363
-def _iso(ts: datetime) -> str:
-    "ISO-8601 UTC with a trailing Z."
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-@dataclass(frozen=True)
-class TollamaSeries:
-    "One series to forecast: id, model-space values and the real timestamp of each value."
-    id: str
-    values: tuple[float, ...]
-    timestamps: tuple[datetime, ...]
-    warnings: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.id: raise DataValidationError("series id must be a non-empty string")
-        if not self.values or len(self.values) != len(self.timestamps):
-            raise DataValidationError(f"series {self.id!r}: {len(self.values)} values but {len(self.timestamps)} timestamps; send one per value")
-        bad = next((i for i, v in enumerate(self.values) if not math.isfinite(v)), None)
-        if bad is not None: raise DataValidationError(f"series {self.id!r}: values[{bad}] = {self.values[bad]} is not finite")
-        if any(t.tzinfo is None for t in self.timestamps): raise DataValidationError(f"series {self.id!r}: timestamps must be timezone-aware")
-        if any(b <= a for a, b in zip(self.timestamps, self.timestamps[1:])):
-            raise DataValidationError(f"series {self.id!r}: timestamps must be strictly increasing")
-
-    @classmethod
-    def from_request(cls, req: TSFMForecastRequest, values: Sequence[float] | None = None,
-                     input_len: int | None = None, series_id: str | None = None) -> TollamaSeries:
-        "Series of a request: `values` (default `req.y`, aligned with it), the last `input_len` points, real `y_ts`."
-        vals = list(req.y if values is None else values)
-        if len(vals) != len(req.y): raise DataValidationError(f"values has {len(vals)} entries but y has {len(req.y)}; pass values aligned with y")
-        warns: tuple[str, ...] = ()
-        if req.y_ts is not None: ts = list(req.y_ts)
-        else:
-            step = freq_timedelta(req.freq)
-            ts = [req.as_of_ts - step * (len(vals) - 1 - i) for i in range(len(vals))]
-            warns = (f"y_ts not given: assumed y[-1] observed at as_of_ts {_iso(req.as_of_ts)} on a regular {req.freq} grid",)
-        n = len(vals) if input_len is None else max(1, min(input_len, len(vals)))
-        return cls(series_id or req.market_id, tuple(float(v) for v in vals[-n:]), tuple(ts[-n:]), warns)
-
-# %% ../../nbs/tsfm/21_tollama.ipynb #6bef4cde
-def build_forecast_payload(series: Sequence[TollamaSeries], *, model: str, horizon: int, quantiles: Sequence[float], freq: str,
-                           options: dict[str, Any] | None = None, stream: bool | None = None, keep_alive: str | None = None,
-                           timeout_s: float | None = None) -> dict[str, Any]:
-    "The JSON body of a multi-series tollama forecast request (`stream` only for /api/forecast)."
-    if not series: raise DataValidationError("series is empty; send at least one series")
-    ids = [s.id for s in series]
-    if len(set(ids)) != len(ids): raise DataValidationError(f"series ids must be unique within a request, got duplicates in {ids}")
-    f, memo = pandas_freq(freq), {}   # series of one batch usually share their grid: format each time once
-    iso = lambda t: memo.get(t) or memo.setdefault(t, _iso(t))
-    body: dict[str, Any] = {"model": model, "horizon": int(horizon), "quantiles": [float(q) for q in quantiles],
-                            "series": [{"id": s.id, "freq": f, "timestamps": [iso(t) for t in s.timestamps],
-                                        "target": list(s.values)} for s in series],
-                            "options": dict(options or {})}
-    if stream is not None: body["stream"] = stream
-    if keep_alive is not None: body["keep_alive"] = keep_alive
-    if timeout_s is not None: body["timeout"] = round(max(timeout_s, 0.001), 3)
-    return body
-
-# %% ../../nbs/tsfm/21_tollama.ipynb #21c063d0
-@dataclass(frozen=True)
-class SeriesForecastResult:
-    "One series' answer: quantile paths keyed by `quantile_key(q)`, the mean path and each step's timestamp."
-    id: str
-    quantiles: dict[str, np.ndarray]
-    mean: np.ndarray | None
-    timestamps: list[datetime]
-
-    def as_array(self, quantiles: Sequence[float]) -> np.ndarray:
-        "The paths of `quantiles` stacked as a (n_quantiles, horizon) float array."
-        return np.stack([self.quantiles[quantile_key(q)] for q in quantiles])
-
-@dataclass(frozen=True)
-class TollamaForecast:
-    "A parsed tollama answer: per-series results keyed by series id, plus how the call went."
-    model: str
-    forecasts: dict[str, SeriesForecastResult]
-    request_id: str
-    endpoint: str
-    attempts: int
-    latency_ms: float
-    warnings: tuple[str, ...] = ()
-    usage: dict[str, Any] | None = None
-
-# %% ../../nbs/tsfm/21_tollama.ipynb #1522e867
-def _finite_path(values: Any, horizon: int, what: str) -> np.ndarray:
-    "A list of `horizon` finite numbers as a float array, or a BackendProtocolError naming `what`."
-    if not isinstance(values, list): raise BackendProtocolError(f"{what} is {type(values).__name__}, expected a list of numbers")
-    if len(values) != horizon: raise BackendProtocolError(f"{what} has {len(values)} values; expected horizon = {horizon}")
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise BackendProtocolError(f"{what}[{i}] = {v!r} is not a finite number")
-    return np.asarray(values, dtype=float)
-
-def _quantile_path(qs: Any, q: float, horizon: int, sid: str) -> np.ndarray:
-    "The path of quantile `q` from a `{'0.1': [...]}` mapping, matching keys by value."
-    if not isinstance(qs, dict): raise BackendProtocolError(f"series {sid!r}: quantiles is {type(qs).__name__}, expected a mapping")
-    key = quantile_key(q)
-    if key not in qs:
-        key = next((k for k in qs if _float_or_none(k) is not None and abs(_float_or_none(k) - q) < 1e-9), None)
-        if key is None: raise BackendProtocolError(f"series {sid!r}: quantile {q:g} missing from the answer (got keys {sorted(qs)})")
-    return _finite_path(qs[key], horizon, f"series {sid!r} quantile {key}")
-
-def _float_or_none(s: Any) -> float | None:
-    "`float(s)`, or None when it is not a number."
-    try: return float(s)
-    except (TypeError, ValueError): return None
-
-def _start_warning(start: Any, last: datetime, step: timedelta, sid: str) -> list[str]:
-    "A warning when `start_timestamp` is neither the last input time nor the first step after it."
-    try: ts = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
-    except ValueError: return [f"series {sid!r}: start_timestamp {start!r} is not a timestamp"]
-    if ts.tzinfo is None: ts = ts.replace(tzinfo=timezone.utc)
-    if ts in (last, last + step): return []
-    return [f"series {sid!r}: daemon start_timestamp {_iso(ts)} is neither the last input nor the next step; timestamps use our grid"]
-
-# %% ../../nbs/tsfm/21_tollama.ipynb #4dc54601
-def parse_forecast_response(raw: Any, series: Sequence[TollamaSeries], *, horizon: int, quantiles: Sequence[float],
-                            freq: str) -> tuple[str, dict[str, SeriesForecastResult], list[str]]:
-    "Check a forecast answer against what was asked: (model, results by series id, warnings)."
-    if not isinstance(raw, dict) or not isinstance(raw.get("forecasts"), list):
-        raise BackendProtocolError(f"answer has no 'forecasts' list (got {type(raw).__name__} with keys {sorted(raw) if isinstance(raw, dict) else '-'})")
-    wanted, step, out, warns = {s.id: s for s in series}, freq_timedelta(freq), {}, []
-    for item in raw["forecasts"]:
-        sid = item.get("id") if isinstance(item, dict) else None
-        if not isinstance(sid, str) or sid not in wanted: raise BackendProtocolError(f"answer has a forecast for series {sid!r} that was not asked for")
-        if sid in out: raise BackendProtocolError(f"answer has two forecasts for series {sid!r}")
-        last = wanted[sid].timestamps[-1]
-        paths = {quantile_key(q): _quantile_path(item.get("quantiles"), q, horizon, sid) for q in quantiles}
-        mean = _finite_path(item["mean"], horizon, f"series {sid!r} mean") if item.get("mean") is not None else None
-        warns += _start_warning(item.get("start_timestamp"), last, step, sid)
-        out[sid] = SeriesForecastResult(sid, paths, mean, future_timestamps(last, freq, horizon))
-    missing = [sid for sid in wanted if sid not in out]
-    if missing: raise BackendProtocolError(f"answer is missing series {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} of {len(wanted)})")
-    warns += [f"tollama: {w}" for w in raw.get("warnings") or [] if isinstance(w, str)]
-    return str(raw.get("model", "")), out, warns
 
 # %% ../../nbs/tsfm/21_tollama.ipynb #e901da25
 _log = get_logger("tollama")
@@ -325,6 +122,7 @@ async def _read_ndjson(resp: httpx.Response) -> Any:
         if isinstance(obj, dict) and obj.get("done"): return obj.get("response")
     raise BackendProtocolError(f"NDJSON stream ended after {n} lines without a done line")
 
+@patch
 async def _attempt(self: TollamaAdapter, body: dict[str, Any], rid: str, remaining: float, where: str) -> tuple[Any, str | None]:
     "One POST of `body`; returns (decoded answer, echoed request id) or raises a typed error."
     cfg = self.config
@@ -339,8 +137,6 @@ async def _attempt(self: TollamaAdapter, body: dict[str, Any], rid: str, remaini
     try: return json.loads(content), echoed
     except ValueError: raise BackendProtocolError(f"answer of {where} is not JSON: {content[:80]!r}") from None
 
-TollamaAdapter._attempt = _attempt
-
 # %% ../../nbs/tsfm/21_tollama.ipynb #337741f6
 def _transport_error(e: Exception, where: str) -> TollamaError:
     "A typed error for an httpx transport failure."
@@ -348,6 +144,7 @@ def _transport_error(e: Exception, where: str) -> TollamaError:
     if isinstance(e, (httpx.TimeoutException, TimeoutError)): return BackendTimeoutError(f"tollama call to {where} ran out of its deadline ({type(e).__name__})")
     return BackendHTTPError(f"tollama call to {where} failed: {type(e).__name__}: {e}")
 
+@patch
 async def _call(self: TollamaAdapter, body: dict[str, Any], rid: str, budget: float, where: str) -> tuple[Any, str | None, int]:
     "Run attempts of `body` until success, a non-retryable error, the retry limit or the deadline."
     deadline, attempt = time.monotonic() + budget, 0
@@ -369,12 +166,11 @@ async def _call(self: TollamaAdapter, body: dict[str, Any], rid: str, budget: fl
         _log.info("retrying tollama after %s", type(err).__name__, extra={"request_id": rid, "attempt": attempt, "delay_s": delay})
         await asyncio.sleep(delay)
 
-TollamaAdapter._call = _call
-
 # %% ../../nbs/tsfm/21_tollama.ipynb #054aff3d
-async def _forecast(self: TollamaAdapter, series: Sequence[TollamaSeries], *, model: str, horizon: int,
-                    quantiles: Sequence[float], freq: str, options: dict[str, Any] | None = None,
-                    request_id: str | None = None, deadline_s: float | None = None) -> TollamaForecast:
+@patch
+async def forecast(self: TollamaAdapter, series: Sequence[TollamaSeries], *, model: str, horizon: int,
+                   quantiles: Sequence[float], freq: str, options: dict[str, Any] | None = None,
+                   request_id: str | None = None, deadline_s: float | None = None) -> TollamaForecast:
     "Forecast all `series` in one tollama request within `deadline_s`; results keyed by series id, or a typed `TollamaError`."
     cfg, t0 = self.config, time.perf_counter()
     stream = cfg.stream if cfg.endpoint == "/api/forecast" else None
@@ -392,9 +188,8 @@ async def _forecast(self: TollamaAdapter, series: Sequence[TollamaSeries], *, mo
     return TollamaForecast(answered_model or model, results, rid, cfg.endpoint, attempts,
                            (time.perf_counter() - t0) * 1000, tuple(warns), raw.get("usage"))
 
-TollamaAdapter.forecast = _forecast
-
 # %% ../../nbs/tsfm/21_tollama.ipynb #18449bff
+@patch
 async def _get_json(self: TollamaAdapter, path: str, timeout: float) -> Any:
     "GET `path` and decode JSON, raising typed errors."
     where = f"{self.config.base_url}{path}"
@@ -404,20 +199,21 @@ async def _get_json(self: TollamaAdapter, path: str, timeout: float) -> Any:
     try: return resp.json()
     except ValueError: raise BackendProtocolError(f"answer of {where} is not JSON") from None
 
-async def _health(self: TollamaAdapter) -> bool:
+@patch
+async def health(self: TollamaAdapter) -> bool:
     "True when the daemon's health probe answers 200 with status ok."
     try: body = await self._get_json(self.config.health_path, self.config.health_timeout_s)
     except TollamaError: return False
     return isinstance(body, dict) and body.get("status") == "ok"
 
-async def _version(self: TollamaAdapter) -> str:
+@patch
+async def version(self: TollamaAdapter) -> str:
     "The daemon's version string (`GET /api/version`)."
     return str((await self._get_json("/api/version", self.config.health_timeout_s)).get("version"))
 
-async def _models(self: TollamaAdapter) -> list[str]:
+@patch
+async def models(self: TollamaAdapter) -> list[str]:
     "Names of the installed models (`GET /api/tags`)."
     tags = await self._get_json("/api/tags", self.config.health_timeout_s)
     if not isinstance(tags, dict) or not isinstance(tags.get("models"), list): raise BackendProtocolError("/api/tags answer has no 'models' list")
     return [str(m.get("name")) for m in tags["models"] if isinstance(m, dict)]
-
-TollamaAdapter._get_json, TollamaAdapter.health, TollamaAdapter.version, TollamaAdapter.models = _get_json, _health, _version, _models
