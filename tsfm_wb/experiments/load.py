@@ -29,7 +29,7 @@ from pydantic import Field
 from ..core import BackendError, StrictModel, atomic_write_json, atomic_write_text, read_yaml, resolve_config_paths
 from .bench import bench_requests
 from .fuzz import free_port, service_process
-from ..tsfm.runner import RunnerConfig
+from ..tsfm.runner.settings import RunnerConfig
 
 # %% auto #0
 __all__ = ['LOAD_DIR', 'LoadSettings', 'scenario_config', 'DaemonControl', 'cpu_seconds', 'Answer', 'drive', 'summarize',
