@@ -16,15 +16,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from ..core import StrictModel, get_logger
+from ..core import get_logger
+from .runner.settings import HttpSettings
 from .schemas import REQUEST_ID_PATTERN
 
 # %% auto #0
-__all__ = ['MAX_BODY_BYTES', 'LATENCY_BUCKETS_S', 'STATUS_DESCRIPTIONS', 'Send', 'ErrorBody', 'error_responses', 'HttpSettings',
-           'HttpMetrics', 'BodyTooLarge', 'RequestGuard']
+__all__ = ['LATENCY_BUCKETS_S', 'STATUS_DESCRIPTIONS', 'Send', 'ErrorBody', 'error_responses', 'HttpMetrics', 'BodyTooLarge',
+           'RequestGuard']
 
 # %% ../../nbs/tsfm/39_http_guard.ipynb #805b5ee9
-MAX_BODY_BYTES = 1_048_576           # 1 MiB: 10,000 points with their time stamps fit several times over
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 class ErrorBody(BaseModel):
@@ -44,10 +44,6 @@ STATUS_DESCRIPTIONS = {
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     "OpenAPI `responses` entries for error `statuses`, each with the `ErrorBody` schema."
     return {s: {"model": ErrorBody, "description": STATUS_DESCRIPTIONS.get(s, "Error")} for s in statuses}
-
-class HttpSettings(StrictModel):
-    "The HTTP layer's limits."
-    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1024)   # larger bodies: 413 before parsing
 
 # %% ../../nbs/tsfm/39_http_guard.ipynb #c84fc8fc
 class HttpMetrics:

@@ -11,27 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from fastcore.basics import patch
-from pydantic import Field
 
-from ...core import StrictModel
+from .settings import BatchSettings
 from .limiter import AdaptiveLimiter, Permit
 
 # %% auto #0
-__all__ = ['Runner', 'BatchSettings', 'MicroBatcher']
+__all__ = ['Runner', 'MicroBatcher']
 
 # %% ../../../nbs/tsfm/runner/31b_batching.ipynb #40086add
-class BatchSettings(StrictModel):
-    "Micro-batching of concurrent forecast requests: on/off, gathering window, largest batch, permit wait."
-    enabled: bool = True
-    window_ms: float = Field(5.0, ge=0.0, le=1000.0)     # gather this long after a batch's first request
-    max_batch: int = Field(64, ge=1)                      # flush at once at this many series (the model's largest batch)
-    max_batch_by_model: dict[str, int] = Field(default_factory=dict)   # per-model override of max_batch
-    permit_timeout_s: float = Field(1.0, gt=0.0)          # a batch waits at most this long for a backend permit
-
-    def cap(self, model_name: str) -> int:
-        "The largest batch for `model_name`."
-        return max(1, self.max_batch_by_model.get(model_name, self.max_batch))
-
 _K, _T, _R = TypeVar("_K", bound=Hashable), TypeVar("_T"), TypeVar("_R")
 Runner = Callable[[Any, list[Any], Permit | None], Awaitable[Sequence[Any]]]
 
@@ -56,10 +43,10 @@ class MicroBatcher(Generic[_K, _T, _R]):
 
     @classmethod
     def from_settings(cls, run: Runner, settings: BatchSettings, limiter: AdaptiveLimiter | None = None,
-                      model_of: Callable[[Any], str] = str) -> MicroBatcher:
-        "A batcher configured by `settings`; `model_of(key)` names the model whose largest batch applies."
+                      model_of: Callable[[Any], str] = str, permit_timeout_s: float | None = 1.0) -> MicroBatcher:
+        "A batcher configured by `settings` (`batching:`); `model_of(key)` names the model whose largest batch applies."
         return cls(run, window_s=settings.window_ms / 1000, max_batch=lambda k: settings.cap(model_of(k)), limiter=limiter,
-                   permit_timeout_s=settings.permit_timeout_s)
+                   permit_timeout_s=permit_timeout_s)
 
     def cap(self, key: Any) -> int:
         "The largest batch for `key`."

@@ -13,33 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Literal
 
 from fastcore.basics import patch
-from pydantic import Field, model_validator
 
-from ...core import BackendError, StrictModel
+from ...core import BackendError
+from .settings import LimiterSettings
 
 # %% auto #0
-__all__ = ['LimiterSettings', 'LimiterTimeout', 'size_class', 'GradientLimit', 'AIMDLimit', 'FixedLimit', 'Permit',
-           'AdaptiveLimiter']
+__all__ = ['LimiterTimeout', 'size_class', 'GradientLimit', 'AIMDLimit', 'FixedLimit', 'Permit', 'AdaptiveLimiter']
 
 # %% ../../../nbs/tsfm/runner/31a_limiter.ipynb #374d38aa
-class LimiterSettings(StrictModel):
-    "Adaptive concurrency limit: algorithm, bounds, queue size, and the algorithms' parameters."
-    algorithm: Literal["gradient", "aimd", "fixed"] = "gradient"
-    initial_limit: int = Field(1, ge=1)           # start unloaded: the first RTTs are the backend's own
-    min_limit: int = Field(1, ge=1)
-    max_limit: int = Field(64, ge=1)
-    max_queue: int = Field(10_000, ge=0)          # callers waiting beyond this are refused at once
-    smoothing: float = Field(0.2, gt=0, le=1)     # gradient: weight of a new estimate
-    rtt_tolerance: float = Field(1.5, ge=1)       # gradient: RTT may grow this much over unloaded before the limit falls
-    noload_drift: float = Field(0.001, ge=0, lt=1) # gradient: the unloaded-RTT minimum creeps up this much per call
-    backoff_ratio: float = Field(0.9, gt=0, lt=1) # limit multiplied by this on a dropped call
-
-    @model_validator(mode="after")
-    def _bounds(self) -> LimiterSettings:
-        if not self.min_limit <= self.initial_limit <= self.max_limit:
-            raise ValueError(f"need min_limit <= initial_limit <= max_limit, got {self.min_limit}, {self.initial_limit}, {self.max_limit}")
-        return self
-
 class LimiterTimeout(BackendError):
     "No permit for a backend call within the caller's wait budget (or the wait queue is full)."
 

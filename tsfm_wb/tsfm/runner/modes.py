@@ -10,23 +10,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from pydantic import Field
-
-from ...core import StrictModel, get_logger
+from ...core import get_logger
+from .settings import ModeSettings
 
 # %% auto #0
-__all__ = ['ModeSettings', 'ModeSwitch', 'FallbackRateSwitch']
+__all__ = ['ModeSwitch', 'FallbackRateSwitch']
 
 # %% ../../../nbs/tsfm/runner/31c_modes.ipynb #97ae0eff
-class ModeSettings(StrictModel):
-    "When the service switches to baseline-only by itself, and when it comes back."
-    enabled: bool = True
-    threshold: float = Field(0.5, gt=0, lt=1)     # fallback rate above this ...
-    for_s: float = Field(300.0, ge=0)             # ... for this long, without a break: baseline-only
-    window_s: float = Field(60.0, gt=0)           # the rate is measured over this window
-    min_answers: int = Field(20, ge=1)            # fewer answers in the window: no verdict
-    hold_s: float = Field(30.0, ge=0)             # baseline-only at least this long before a probe may end it
-
 @dataclass(frozen=True)
 class ModeSwitch:
     "One change of mode."
