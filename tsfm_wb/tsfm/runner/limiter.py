@@ -84,8 +84,10 @@ _ALGORITHMS = {"gradient": GradientLimit, "aimd": AIMDLimit, "fixed": FixedLimit
 
 class AdaptiveLimiter:
     "At most `limit` backend calls in flight; the limit adapts to their RTT; waiters are served first come, first served."
-    def __init__(self, settings: LimiterSettings | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, settings: LimiterSettings | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_wait: Callable[[float], None] | None = None):
         self.settings = s = settings or LimiterSettings()
+        self.on_wait = on_wait            # told how long each granted permit was waited for (our own queue time)
         self._algo, self._clock = _ALGORITHMS[s.algorithm](s), clock
         self._limit, self.in_flight = float(s.initial_limit), 0
         self._waiters: deque[asyncio.Future] = deque()
@@ -129,7 +131,10 @@ class AdaptiveLimiter:
 @patch
 async def acquire(self: AdaptiveLimiter, timeout: float | None = None, size: int = 1) -> Permit:
     "A permit, waiting at most `timeout` seconds in FIFO order (`LimiterTimeout` otherwise); give it back with `release`."
-    if self.in_flight < self.limit and not self.queued: return self._grant(size)
+    if self.in_flight < self.limit and not self.queued:
+        if self.on_wait is not None: self.on_wait(0.0)
+        return self._grant(size)
+    t0 = self._clock()
     if self.queued >= self.settings.max_queue:
         self.refused += 1
         raise LimiterTimeout(f"backend call queue is full ({self.settings.max_queue} waiting, limit {self.limit}): shed at once")
@@ -144,6 +149,7 @@ async def acquire(self: AdaptiveLimiter, timeout: float | None = None, size: int
         self.refused += 1
         raise LimiterTimeout(f"no backend permit within {timeout:g} s (limit {self.limit}, {self.queued} waiting)") from None
     self.in_flight -= 1            # _wake counted the handed-over permit; _grant counts it again
+    if self.on_wait is not None: self.on_wait(self._clock() - t0)
     return self._grant(size)
 
 @patch
