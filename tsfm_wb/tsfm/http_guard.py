@@ -12,20 +12,19 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, Awaitable, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from ..core import get_logger
 from .runner.settings import HttpSettings
+from .runner.telemetry import RunnerMetrics
 from .schemas import REQUEST_ID_PATTERN
 
 # %% auto #0
-__all__ = ['LATENCY_BUCKETS_S', 'STATUS_DESCRIPTIONS', 'Send', 'ErrorBody', 'error_responses', 'HttpMetrics', 'BodyTooLarge',
-           'RequestGuard']
+__all__ = ['HTTP_BUCKETS_S', 'STATUS_DESCRIPTIONS', 'Send', 'ErrorBody', 'error_responses', 'BodyTooLarge', 'RequestGuard']
 
 # %% ../../nbs/tsfm/39_http_guard.ipynb #805b5ee9
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
+HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)   # 0.3 s: the latency SLO
 
 class ErrorBody(BaseModel):
     "The body of every error answer: what went wrong (text, or the field errors of a 422), its type, the request id."
@@ -44,18 +43,6 @@ STATUS_DESCRIPTIONS = {
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     "OpenAPI `responses` entries for error `statuses`, each with the `ErrorBody` schema."
     return {s: {"model": ErrorBody, "description": STATUS_DESCRIPTIONS.get(s, "Error")} for s in statuses}
-
-# %% ../../nbs/tsfm/39_http_guard.ipynb #c84fc8fc
-class HttpMetrics:
-    "Per-route request counts and latencies, server errors by type, requests in flight."
-    def __init__(self, registry: CollectorRegistry, buckets: tuple[float, ...] = LATENCY_BUCKETS_S):
-        self.requests = Counter("tsfm_http_requests_total", "HTTP requests answered, by route template, method and status.",
-                                ("route", "method", "status"), registry=registry)
-        self.duration = Histogram("tsfm_http_request_duration_seconds", "Time from request to response, by route template.",
-                                  ("route",), buckets=buckets, registry=registry)
-        self.server_errors = Counter("tsfm_http_server_errors_total", "5xx answers, by error type (unhandled exceptions included).",
-                                     ("error",), registry=registry)
-        self.in_flight = Gauge("tsfm_http_in_flight", "HTTP requests being served.", registry=registry)
 
 # %% ../../nbs/tsfm/39_http_guard.ipynb #5fac181c
 _log = get_logger("http")
@@ -97,8 +84,9 @@ class _Exchange:
 # %% ../../nbs/tsfm/39_http_guard.ipynb #65b406b3
 class RequestGuard:
     "ASGI middleware: request id, body limit before parsing, JSON 500 for unhandled errors, HTTP metrics."
-    def __init__(self, app: Any, *, metrics: HttpMetrics, settings: HttpSettings | None = None, routes: Iterable[str] = ()):
-        self.app, self.metrics, self.settings = app, metrics, settings or HttpSettings()
+    def __init__(self, app: Any, *, metrics: RunnerMetrics, settings: HttpSettings | None = None, routes: Iterable[str] = ()):
+        self.app, self.metrics, self.settings, self.in_flight = app, metrics, settings or HttpSettings(), 0
+        metrics.gauge("tsfm_http_in_flight", lambda: self.in_flight)
         self.routes = [(t, re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(t)) + "$")) for t in routes]
 
     def _route(self, scope: dict[str, Any]) -> str:
@@ -112,14 +100,14 @@ class RequestGuard:
         ex = _Exchange(sent if sent and _RID.match(sent) else uuid.uuid4().hex[:16])
         scope.setdefault("state", {})["request_id"] = ex.rid
         t0, m = time.perf_counter(), self.metrics
-        m.in_flight.inc()
+        self.in_flight += 1
         try: await self._serve(scope, receive, send, ex)
         finally:
-            m.in_flight.dec()
+            self.in_flight -= 1
             route = self._route(scope)
-            m.requests.labels(route, scope.get("method", ""), str(ex.status)).inc()
-            m.duration.labels(route).observe(time.perf_counter() - t0)
-            if ex.status >= 500: m.server_errors.labels(ex.error or f"http_{ex.status}").inc()
+            m.inc("tsfm_http_requests_total", route=route, method=scope.get("method", ""), status=str(ex.status))
+            m.observe("tsfm_http_request_duration_seconds", time.perf_counter() - t0, buckets=HTTP_BUCKETS_S, route=route)
+            if ex.status >= 500: m.inc("tsfm_http_server_errors_total", error=ex.error or f"http_{ex.status}")
 
     async def _answer(self, send: Send, ex: _Exchange, status: int, detail: str, error: str) -> None:
         "Send a complete JSON error answer."

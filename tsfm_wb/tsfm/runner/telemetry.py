@@ -58,6 +58,10 @@ METRIC_HELP = {
     "tsfm_conformal_feed_errors_total": "Requests whose conformal feed step failed (logged; the forecast was still answered).",
     "tsfm_conformal_samples": "Conformal scores the calibrator holds (all segments and steps, within its window).",
     "tsfm_conformal_pending_forecasts": "Issued TSFM bands still waiting for realised values.",
+    "tsfm_http_requests_total": "HTTP requests answered, by route template, method and status.",
+    "tsfm_http_request_duration_seconds": "Time from request to response, by route template.",
+    "tsfm_http_server_errors_total": "5xx answers, by error type (unhandled exceptions included).",
+    "tsfm_http_in_flight": "HTTP requests being served.",
 }
 
 # %% ../../../nbs/tsfm/runner/33_telemetry.ipynb #f47c0464
