@@ -148,7 +148,7 @@ def create_app(runner_config: str | Path | RunnerConfig | None = None, *, runner
     @app.get("/health", responses=error_responses(500))
     async def health() -> dict[str, Any]: return await the_runner.health()
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses(500))
+    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses(500, json_ref=True))
     async def metrics() -> PlainTextResponse: return PlainTextResponse(the_runner.metrics_text(), media_type=PROMETHEUS_CONTENT_TYPE)
     _install_admin_routes(app, the_runner)
     app.add_middleware(RequestGuard, metrics=the_runner.metrics, settings=http, routes=[r.path for r in app.routes])

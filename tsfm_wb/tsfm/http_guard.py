@@ -40,8 +40,11 @@ STATUS_DESCRIPTIONS = {
     500: "Internal error (logged and counted with its request id)", 502: "The forecasting backend failed",
     503: "Not available: a required setting (e.g. the admin token variable) is missing"}
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    "OpenAPI `responses` entries for error `statuses`, each with the `ErrorBody` schema."
+def error_responses(*statuses: int, json_ref: bool = False) -> dict[int | str, dict[str, Any]]:
+    "OpenAPI `responses` entries for error `statuses`, each with the `ErrorBody` schema (`json_ref`: spelled out, for non-JSON routes)."
+    if json_ref:   # a route whose own answers are not JSON (/metrics): its errors still are
+        ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        return {s: {"description": STATUS_DESCRIPTIONS.get(s, "Error"), "content": ref} for s in statuses}
     return {s: {"model": ErrorBody, "description": STATUS_DESCRIPTIONS.get(s, "Error")} for s in statuses}
 
 # %% ../../nbs/tsfm/39_http_guard.ipynb #5fac181c
