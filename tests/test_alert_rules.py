@@ -59,3 +59,31 @@ def test_promtool_accepts_rules_and_their_unit_tests():
     assert check.returncode == 0, check.stdout + check.stderr
     unit = subprocess.run(["promtool", "test", "rules", RULE_TESTS.name], capture_output=True, text=True, cwd=RULE_TESTS.parent)
     assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def test_every_metric_the_rules_read_is_exposed_by_the_service():
+    import asyncio
+    from datetime import datetime, timedelta, timezone
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tsfm_wb.tsfm.api import create_app
+    from tsfm_wb.tsfm.fake_tollama import serve_fake_tollama
+    from tsfm_wb.tsfm.runner.service import TSFMRunner
+    from tsfm_wb.tsfm.tollama import TollamaAdapter
+
+    t = datetime(2026, 2, 20, 12, tzinfo=timezone.utc)
+    body = {"market_id": "m", "as_of_ts": t.isoformat(), "y": [0.5] * 40, "liquidity_bucket": "high",
+            "y_ts": [(t - timedelta(minutes=5 * (39 - i))).isoformat() for i in range(40)]}
+    async def scrape(url: str) -> str:
+        runner = TSFMRunner(adapter=TollamaAdapter(base_url=url))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runner=runner)), base_url="http://svc") as c:
+            assert (await c.post("/tsfm/forecast", json=body)).status_code == 200
+            text = (await c.get("/metrics")).text
+        await runner.aclose()
+        return text
+    with serve_fake_tollama() as fake: text = asyncio.run(scrape(fake.url))
+    exposed = {f.name for f in text_string_to_metric_families(text)}
+    exposed |= {f"{n}_total" for n in exposed}                 # the parser drops counters' _total suffix
+    assert rule_metric_names() <= exposed, rule_metric_names() - exposed
