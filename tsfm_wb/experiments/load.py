@@ -34,7 +34,7 @@ from ..tsfm.runner.settings import RunnerConfig
 # %% auto #0
 __all__ = ['LOAD_DIR', 'LoadSettings', 'scenario_config', 'DaemonControl', 'cpu_seconds', 'Answer', 'drive', 'summarize',
            'unique_bodies', 'scenario_throughput', 'scenario_outage', 'post_big', 'peak_rss_mb', 'scenario_big_body',
-           'arun_load', 'render_load', 'run_load']
+           'arun_load', 'render_load', 'run_load', 'main']
 
 # %% ../../nbs/experiments/55_load.ipynb #8707ca99
 LOAD_DIR = "reports/bench"
@@ -53,7 +53,7 @@ class LoadSettings(StrictModel):
     seed: int = 0
     base_config: str = "configs/runner.yaml"
     overrides: dict[str, Any] = Field(default_factory=dict)       # the configuration measured
-    overrides_off: dict[str, Any] | None = None                   # its counterpart (None: not measured)
+    overrides_off: dict[str, Any] | None = Field(default_factory=lambda: {"batching": {"enabled": False}})  # its counterpart
     out_dir: str = LOAD_DIR
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -287,3 +287,16 @@ def run_load(s: LoadSettings | None = None, name: str = "service") -> dict[str, 
     out = Path(s.out_dir)
     atomic_write_json(out / f"{name}.json", report); atomic_write_text(out / f"{name}.md", render_load(report))
     return report
+
+def main(argv: Sequence[str] | None = None) -> int:
+    "Command line: `python -m tsfm_wb.experiments.load [--requests N] [--concurrency C] [--out DIR]` (part of `make bench`)."
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m tsfm_wb.experiments.load", description=main.__doc__)
+    p.add_argument("--requests", type=int, default=LoadSettings().n_requests)
+    p.add_argument("--concurrency", type=int, default=LoadSettings().concurrency)
+    p.add_argument("--out", default=LOAD_DIR)
+    a = p.parse_args(argv)
+    print(render_load(run_load(LoadSettings(n_requests=a.requests, concurrency=a.concurrency, out_dir=a.out))))
+    return 0
+
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # `make bench`; not inside a notebook kernel
