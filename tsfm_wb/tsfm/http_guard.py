@@ -21,7 +21,7 @@ from .runner.telemetry import RunnerMetrics
 from .schemas import REQUEST_ID_PATTERN
 
 # %% auto #0
-__all__ = ['HTTP_BUCKETS_S', 'STATUS_DESCRIPTIONS', 'Send', 'ErrorBody', 'error_responses', 'BodyTooLarge', 'RequestGuard']
+__all__ = ['HTTP_BUCKETS_S', 'STATUS_DESCRIPTIONS', 'ErrorBody', 'error_responses', 'BodyTooLarge', 'RequestGuard']
 
 # %% ../../nbs/tsfm/39_http_guard.ipynb #805b5ee9
 HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)   # 0.3 s: the latency SLO
@@ -50,7 +50,7 @@ def error_responses(*statuses: int, json_ref: bool = False) -> dict[int | str, d
 # %% ../../nbs/tsfm/39_http_guard.ipynb #5fac181c
 _log = get_logger("http")
 _RID = re.compile(REQUEST_ID_PATTERN)
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+_Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
     "The first value of header `name` (lower case) of an ASGI scope."
@@ -97,7 +97,7 @@ class RequestGuard:
         route = getattr(scope.get("route"), "path", None)
         return route or next((t for t, rx in self.routes if rx.match(scope.get("path", ""))), "other")
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: _Send) -> None:
         if scope["type"] != "http": return await self.app(scope, receive, send)
         sent = _header(scope, b"x-request-id")
         ex = _Exchange(sent if sent and _RID.match(sent) else uuid.uuid4().hex[:16])
@@ -112,12 +112,12 @@ class RequestGuard:
             m.observe("tsfm_http_request_duration_seconds", time.perf_counter() - t0, buckets=HTTP_BUCKETS_S, route=route)
             if ex.status >= 500: m.inc("tsfm_http_server_errors_total", error=ex.error or f"http_{ex.status}")
 
-    async def _answer(self, send: Send, ex: _Exchange, status: int, detail: str, error: str) -> None:
+    async def _answer(self, send: _Send, ex: _Exchange, status: int, detail: str, error: str) -> None:
         "Send a complete JSON error answer."
         ex.status = status
         for msg in _json_message(status, {"detail": detail, "error": error, "request_id": ex.rid}, ex.rid): await send(msg)
 
-    async def _serve(self, scope: dict[str, Any], receive: Any, send: Send, ex: _Exchange) -> None:
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: _Send, ex: _Exchange) -> None:
         "Refuse an oversized body at once, else run the app; an error that escapes it becomes a JSON 500."
         limit, length = self.settings.max_body_bytes, _header(scope, b"content-length")
         if length is not None and not length.isdigit():

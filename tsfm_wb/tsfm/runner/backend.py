@@ -27,8 +27,7 @@ from ..tollama import (BackendAuthError, BackendHTTPError, BackendLicenseError, 
                                   TollamaForecast, TollamaSeries)
 
 # %% auto #0
-__all__ = ['SPLIT_REASONS', 'Verdict', 'reason_of', 'series_ids', 'model_space', 'group_key', 'verdict_of', 'overloaded',
-           'BackendPath']
+__all__ = ['SPLIT_REASONS', 'reason_of', 'series_ids', 'model_space', 'group_key', 'verdict_of', 'overloaded', 'BackendPath']
 
 # %% ../../../nbs/tsfm/runner/36_backend.ipynb #551bd369
 _log = get_logger("runner")
@@ -54,9 +53,9 @@ def group_key(req: TSFMForecastRequest) -> tuple:
     return (req.model.provider, req.model.model_name, json.dumps(req.model.params, sort_keys=True), req.horizon_steps,
             tuple(req.quantiles), pandas_freq(req.freq), req.transform.kind, req.transform.eps)
 
-Verdict = Literal["success", "failure", "neutral", "misconfigured"]
+_Verdict = Literal["success", "failure", "neutral", "misconfigured"]
 
-def verdict_of(e: BaseException | None) -> Verdict:
+def verdict_of(e: BaseException | None) -> _Verdict:
     "What a call's outcome says about the backend: `failure` only when the backend caused it."
     if e is None: return "success"
     if isinstance(e, BackendAuthError): return "misconfigured"

@@ -16,11 +16,11 @@ from .settings import BatchSettings
 from .limiter import AdaptiveLimiter, Permit
 
 # %% auto #0
-__all__ = ['Runner', 'MicroBatcher']
+__all__ = ['MicroBatcher']
 
 # %% ../../../nbs/tsfm/runner/31b_batching.ipynb #40086add
 _K, _T, _R = TypeVar("_K", bound=Hashable), TypeVar("_T"), TypeVar("_R")
-Runner = Callable[[Any, list[Any], Permit | None], Awaitable[Sequence[Any]]]
+_Runner = Callable[[Any, list[Any], Permit | None], Awaitable[Sequence[Any]]]
 
 @dataclass
 class _Batch:
@@ -33,7 +33,7 @@ class _Batch:
 # %% ../../../nbs/tsfm/runner/31b_batching.ipynb #c8bc6f9d
 class MicroBatcher(Generic[_K, _T, _R]):
     "Gather concurrent `submit(key, item)` calls into batches per key and run each batch once (see the module's text)."
-    def __init__(self, run: Runner, *, window_s: float = 0.005, max_batch: int | Callable[[Any], int] = 64,
+    def __init__(self, run: _Runner, *, window_s: float = 0.005, max_batch: int | Callable[[Any], int] = 64,
                  limiter: AdaptiveLimiter | None = None, permit_timeout_s: float | None = 1.0):
         self._run, self.window_s, self._cap, self.limiter = run, window_s, max_batch, limiter
         self.permit_timeout_s = permit_timeout_s
@@ -42,7 +42,7 @@ class MicroBatcher(Generic[_K, _T, _R]):
         self.batches = self.items = 0
 
     @classmethod
-    def from_settings(cls, run: Runner, settings: BatchSettings, limiter: AdaptiveLimiter | None = None,
+    def from_settings(cls, run: _Runner, settings: BatchSettings, limiter: AdaptiveLimiter | None = None,
                       model_of: Callable[[Any], str] = str, permit_timeout_s: float | None = 1.0) -> MicroBatcher:
         "A batcher configured by `settings` (`batching:`); `model_of(key)` names the model whose largest batch applies."
         return cls(run, window_s=settings.window_ms / 1000, max_batch=lambda k: settings.cap(model_of(k)), limiter=limiter,
