@@ -27,7 +27,7 @@ from .bench import fake_daemon_process
 
 # %% auto #0
 __all__ = ['FUZZ_DIR', 'READY_TIMEOUT_S', 'CHECKS', 'free_port', 'ServiceProcess', 'service_process', 'FuzzSettings',
-           'schemathesis_command', 'summarize', 'render_summary', 'run_fuzz', 'main']
+           'schemathesis_command', 'summarize', 'server_counts', 'render_summary', 'run_fuzz', 'main']
 
 # %% ../../nbs/experiments/54_fuzz.ipynb #3cd47e32
 FUZZ_DIR = "reports/fuzz"
@@ -112,6 +112,17 @@ def summarize(report: dict[str, Any], wall_s: float, s: FuzzSettings) -> dict[st
                                  for f in fails},
             "errors": len(report.get("errors") or []), "valid_rates": rates, "complete": report.get("complete")}
 
+def server_counts(metrics_text: str) -> dict[str, dict[str, int]]:
+    "Requests the service itself counted (`tsfm_http_requests_total`), by route and status."
+    from prometheus_client.parser import text_string_to_metric_families
+    out: dict[str, dict[str, int]] = {}
+    for fam in text_string_to_metric_families(metrics_text):
+        for smp in fam.samples:
+            if smp.name == "tsfm_http_requests_total":
+                by = out.setdefault(f"{smp.labels['method']} {smp.labels['route']}", {})
+                by[smp.labels["status"]] = by.get(smp.labels["status"], 0) + int(smp.value)
+    return out
+
 def render_summary(summary: dict[str, Any]) -> str:
     "The summary as a short markdown page."
     lines = ["# Fuzzing the forecast service", "",
@@ -120,6 +131,15 @@ def render_summary(summary: dict[str, Any]) -> str:
              f"- requests: **{summary['requests']}** in {summary['wall_s']} s",
              f"- failures: **{summary['failures']}**; errors of the run itself: {summary['errors']}"]
     lines += [f"  - {k}: {v['count']} ({', '.join(v['operations'] or [])})" for k, v in summary["failures_by_kind"].items()]
+    server = summary.get("server_counts") or {}
+    if server:
+        fives = sum(n for by in server.values() for st, n in by.items() if st.startswith("5"))
+        lines += ["", f"Counted by the service itself: {sum(sum(by.values()) for by in server.values())} requests, **{fives}** answered 5xx.",
+                  "", "| route | statuses |", "|---|---|"]
+        shown = {r: by for r, by in server.items() if set(by) - {"404", "405"}}
+        lines += [f"| {route} | {', '.join(f'{st}: {n}' for st, n in sorted(by.items()))} |" for route, by in sorted(shown.items())]
+        rest = sum(sum(by.values()) for r, by in server.items() if r not in shown)
+        if rest: lines.append(f"| other routes and methods | 404/405: {rest} |")
     lines += ["", "| route | phase | accepted | rejected |", "|---|---|---|---|"]
     lines += [f"| {op} | {ph} | {v.get('accepted', 0)} | {v.get('rejected', 0)} |"
               for op, r in summary["valid_rates"].items() for ph, v in r.items()]
@@ -137,6 +157,7 @@ def run_fuzz(settings: FuzzSettings | None = None, *, stream: Any = None) -> dic
         proc = subprocess.run(schemathesis_command(svc.url, s, Path(tmp)), stdout=stream, stderr=subprocess.STDOUT, cwd=tmp,
                               env={**os.environ, "SCHEMATHESIS_HOOKS": ""})     # cwd: its crash cache stays in tmp
         summary = summarize(_report_of(Path(tmp)), time.perf_counter() - t0, s)
+        summary["server_counts"] = server_counts(httpx.get(f"{svc.url}/metrics", timeout=30).text)
     summary["exit_code"] = proc.returncode
     out = Path(s.out_dir)
     atomic_write_json(out / "summary.json", summary); atomic_write_text(out / "summary.md", render_summary(summary))

@@ -50,6 +50,7 @@ def error_responses(*statuses: int, json_ref: bool = False) -> dict[int | str, d
 # %% ../../nbs/tsfm/39_http_guard.ipynb #5fac181c
 _log = get_logger("http")
 _RID = re.compile(REQUEST_ID_PATTERN)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})   # any other method is counted as "other"
 _Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -108,7 +109,8 @@ class RequestGuard:
         finally:
             self.in_flight -= 1
             route = self._route(scope)
-            m.inc("tsfm_http_requests_total", route=route, method=scope.get("method", ""), status=str(ex.status))
+            method = scope.get("method", "")
+            m.inc("tsfm_http_requests_total", route=route, method=method if method in _METHODS else "other", status=str(ex.status))
             m.observe("tsfm_http_request_duration_seconds", time.perf_counter() - t0, buckets=HTTP_BUCKETS_S, route=route)
             if ex.status >= 500: m.inc("tsfm_http_server_errors_total", error=ex.error or f"http_{ex.status}")
 
