@@ -5,6 +5,7 @@
 # %% ../../nbs/tsfm/20_schemas.ipynb #136352e7
 from __future__ import annotations
 
+import functools
 import json
 import math
 from datetime import datetime, timedelta, timezone
@@ -62,13 +63,22 @@ def _as_utc(value: Any, field: str) -> datetime:
     try: return _check_range(value.astimezone(timezone.utc), field)
     except OverflowError: raise ValueError(f"{field} {value.isoformat()} is outside the supported range {_RANGE}") from None
 
+def _utc_strings(values: list[str]) -> list[datetime] | None:
+    "Fast path for ISO strings in UTC (`...Z`, `+00:00`) inside the range; None when any is otherwise (the careful path names it)."
+    try: out = [datetime.fromisoformat(v) for v in values]
+    except ValueError: return None
+    if any(t.tzinfo is not timezone.utc for t in out): return None
+    return out if MIN_TIMESTAMP <= min(out) and max(out) < MAX_TIMESTAMP else None
+
 def _utc_list(values: Any, field: str, max_len: int = MAX_INPUT_POINTS) -> list[datetime]:
     "Coerce a list of timestamps to aware UTC datetimes, naming the first bad index."
     if not isinstance(values, (list, tuple)): raise ValueError(f"{field} must be a list of timestamps")
     if len(values) > max_len: raise ValueError(f"{field} has {len(values)} timestamps; at most {max_len} are accepted")
+    if values and all(type(v) is str for v in values) and (fast := _utc_strings(list(values))) is not None: return fast
     return [_as_utc(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 # %% ../../nbs/tsfm/20_schemas.ipynb #9b6db210
+@functools.lru_cache(maxsize=512)
 def pandas_freq(freq: str) -> str:
     "Translate a fixed cadence such as `5m`, `1h`, `30s`, `1d` (or `5min`, `15T`) into a pandas frequency string."
     try:
@@ -79,6 +89,7 @@ def pandas_freq(freq: str) -> str:
     except (OverflowError, ValueError):   # a count pandas cannot hold
         raise DataValidationError(f"freq {str(freq)[:40]!r} is too long a step to represent; use e.g. '5m', '1h', '30s' or '1d'") from None
 
+@functools.lru_cache(maxsize=512)
 def freq_timedelta(freq: str) -> timedelta:
     "Length of one step of `freq` as a `timedelta`."
     pandas_freq(freq)
