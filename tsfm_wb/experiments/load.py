@@ -194,7 +194,7 @@ async def scenario_outage(s: LoadSettings, bodies: Sequence[bytes], overrides: d
             answers = await load
     finally: d.stop()
     back = min((a.end for a in answers if a.runtime == "tollama" and a.start >= healthy), default=None)
-    between = [a for a in answers if a.end > killed and (back is None or a.end < back)]
+    between = [a for a in answers if a.start >= killed and (back is None or a.end < back)]   # sent after the kill, before the return
     return {"killed_at_s": round(killed - t0, 1), "healthy_at_s": round(healthy - t0, 1),
             "model_resumed_after_healthy_s": None if back is None else round(back - healthy, 1),
             "answers_between": len(between), "all_between_labelled_fallbacks": all(
