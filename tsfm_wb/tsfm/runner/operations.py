@@ -15,6 +15,7 @@ import numpy as np
 
 from ...core import ConfigError, get_logger
 from ..conformal import ConformalCalibrator, load_conformal_settings
+from ..rollout import cancel_and_wait
 from .settings import RunnerConfig
 from ..schemas import TSFMForecastRequest
 from ..store import ScoreStore, SharedCalibrator, StoreEvent, load_state_file, remove_orphan_temps
@@ -72,10 +73,7 @@ class ProbeLoop:
     async def stop(self) -> None:
         "Stop probing and wait for the task."
         task, self._task = self._task, None
-        if task is None: return
-        task.cancel()
-        try: await task
-        except asyncio.CancelledError: pass
+        await cancel_and_wait(task)
 
     def status(self) -> dict[str, Any]:
         "For `/health`."
