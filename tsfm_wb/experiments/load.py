@@ -33,8 +33,8 @@ from ..tsfm.runner.settings import RunnerConfig
 
 # %% auto #0
 __all__ = ['LOAD_DIR', 'LoadSettings', 'scenario_config', 'DaemonControl', 'cpu_seconds', 'Answer', 'drive', 'summarize',
-           'unique_bodies', 'scenario_throughput', 'scenario_outage', 'post_big', 'peak_rss_mb', 'scenario_big_body',
-           'arun_load', 'render_load', 'run_load', 'main']
+           'backend_figures', 'unique_bodies', 'scenario_throughput', 'scenario_outage', 'post_big', 'peak_rss_mb',
+           'scenario_big_body', 'arun_load', 'render_load', 'run_load', 'main']
 
 # %% ../../nbs/experiments/55_load.ipynb #8707ca99
 LOAD_DIR = "reports/bench"
@@ -157,6 +157,15 @@ def summarize(answers: Sequence[Answer], wall_s: float, cpu_s: float | None = No
             "fallback_reasons": dict(Counter(a.reason for a in answers if a.reason)), "wall_s": round(wall_s, 2),
             "server_cpu_s_per_request": None if cpu_s is None or not n else round(cpu_s / n, 5)}
 
+def backend_figures(metrics_text: str) -> dict[str, Any]:
+    "From the service's own metrics: backend calls, mean series per call, the limiter's limit at the end."
+    from prometheus_client.parser import text_string_to_metric_families
+    v = {s.name: s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples if not s.labels}
+    calls = sum(s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples if s.name == "tsfm_backend_calls_total")
+    n = v.get("tsfm_batch_size_count", 0.0)
+    return {"backend_calls": int(calls), "mean_batch": round(v["tsfm_batch_size_sum"] / n, 1) if n else None,
+            "limit_at_end": v.get("tsfm_limiter_limit")}
+
 # %% ../../nbs/experiments/55_load.ipynb #d488fadb
 def unique_bodies(bodies: Sequence[bytes], n: int, tag: str) -> list[bytes]:
     "`n` bodies cycling through `bodies`, each with its own market id (so none is a cache hit or coalesced)."
@@ -178,7 +187,8 @@ async def scenario_throughput(s: LoadSettings, bodies: Sequence[bytes], override
             await drive(svc.url, unique_bodies(bodies[:20], 20, "warm"), 4)
             c0, t0 = cpu_seconds(svc.pid), time.perf_counter()
             answers = await drive(svc.url, bodies, s.concurrency)
-            return summarize(answers, time.perf_counter() - t0, cpu_seconds(svc.pid) - c0)
+            out = summarize(answers, time.perf_counter() - t0, cpu_seconds(svc.pid) - c0)
+            return {**out, **backend_figures(httpx.get(f"{svc.url}/metrics", timeout=30).text)}
     finally: d.stop()
 
 # %% ../../nbs/experiments/55_load.ipynb #88699db3
@@ -269,9 +279,10 @@ def render_load(r: dict[str, Any]) -> str:
     "The report as markdown."
     rows = [(k, r[k]) for k in ("distinct", "distinct_off", "mixed") if k in r]
     lines = ["# Service under load", "", "| load | requests | model share | throughput (req/s) | model answers/s | p50 ms | p95 ms | "
-             "p99 ms | server CPU s/request | fallbacks |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "p99 ms | server CPU s/request | backend calls | series/call | fallbacks |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {k} | {v['requests']} | {v['model_share']} | {v['throughput_rps']} | {v.get('model_rps')} | {v['p50_ms']} | {v['p95_ms']} | "
-              f"{v['p99_ms']} | {v['server_cpu_s_per_request']} | {v['fallback_reasons']} |" for k, v in rows]
+              f"{v['p99_ms']} | {v['server_cpu_s_per_request']} | {v.get('backend_calls')} | {v.get('mean_batch')} | {v['fallback_reasons']} |"
+              for k, v in rows]
     if "throughput_ratio" in r:
         lines += ["", f"Throughput ratio, as configured / counterpart (`distinct_off`), measured in the same run: all answers "
                       f"**{r['throughput_ratio']}**, model answers **{r['model_throughput_ratio']}**."]
