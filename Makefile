@@ -23,7 +23,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # Notebooks nbval runs top to bottom (outputs are data-dependent, hence --nbval-lax).
 NBVAL_NBS := nbs/index.ipynb nbs/01_data.ipynb nbs/02_metrics.ipynb nbs/lab/10_spline.ipynb nbs/lab/16_eda.ipynb nbs/lab/17_error_analysis.ipynb nbs/tsfm/41_replay.ipynb
 
-.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench clean lock api-pin serve serve-models matrix
+.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench fuzz clean lock api-pin serve serve-models matrix
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -81,8 +81,14 @@ serve: install ## the forecast service on 127.0.0.1:8000 (configs/runner.yaml); 
 serve-models: install ## the embedded tollama-protocol model server on 127.0.0.1:11435 (statsforecast models + mock)
 	$(BIN)/tsfm-wb serve-models --host 127.0.0.1 --port 11435
 
-bench: install ## benchmarks; results under reports/bench/
+bench: install ## benchmarks: runner in-process, service under load over HTTP, kill -9 durability; results under reports/bench/
 	$(PY) -m tsfm_wb.experiments.bench
+	$(PY) -m tsfm_wb.experiments.load
+	$(PY) -m tsfm_wb.experiments.durability
+
+FUZZ_EXAMPLES ?= 5000
+fuzz: install ## long schemathesis run against the service (>= 20,000 requests); summary in reports/fuzz/
+	$(PY) -m tsfm_wb.experiments.fuzz --examples $(FUZZ_EXAMPLES) --seed 7
 
 lock: ## re-resolve requirements.in into requirements.lock (needs the registries)
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv && .lockvenv/bin/pip install -q -r requirements.in

@@ -99,8 +99,8 @@ def test_rollback_takes_effect_on_the_next_request(fake):
     assert any("rolled back (test drill)" in w for w in b.meta.warnings)
     assert {who(o) for o in cycle} == {("baseline", "rollback", "full")}
     assert calls == 1                                                # nothing reached the daemon during the rollback
-    assert "tsfm_rollout_rollback 1" in text.splitlines()
-    assert 'tsfm_rollout_decisions_total{reason="rollback",served_by="baseline"} 11' in text.splitlines()
+    assert "tsfm_rollout_rollback 1.0" in text.splitlines()
+    assert 'tsfm_rollout_decisions_total{reason="rollback",served_by="baseline"} 11.0' in text.splitlines()
     assert who(c) == ("tsfm", None, "full") and c.meta.cache_hit and c.yhat_q == a.yhat_q
 
 
@@ -118,8 +118,8 @@ def test_shadow_computes_the_tsfm_band_but_serves_the_baseline(fake, forecast_lo
     assert one.yhat_q == rolled.yhat_q                               # the baseline chain's band, as in a rollback
     assert {who(o) for o in cycle} == {("baseline", "shadow", "shadow")}
     assert fake.stats.series_per_request == [1, 11]                  # every market computed, the cycle in one batch
-    assert 'tsfm_shadow_computed_total{runtime="tollama"} 12' in text.splitlines()
-    assert 'tsfm_rollout_served_percent 0' in text.splitlines()
+    assert 'tsfm_shadow_computed_total{runtime="tollama"} 12.0' in text.splitlines()
+    assert 'tsfm_rollout_served_percent 0.0' in text.splitlines()
     lines = [x for x in forecast_log() if x["market_id"] == "m-0"]
     assert [(x["served"], x["runtime"], x["served_by"], x["fallback_reason"]) for x in lines] == [
         (False, "tollama", "tsfm", None), (True, "baseline", "baseline", "shadow"), (True, "baseline", "baseline", "rollback")]
@@ -182,10 +182,10 @@ def test_degradation_and_recovery_through_the_runner(fake):
     h = o["health"]
     assert (h["status"], h["mode"], h["backend"], h["monitor"]["mode"]) == ("degraded", "baseline_only", "down", "baseline_only")
     assert h["monitor"]["last_error"]
-    assert "tsfm_backend_baseline_only 1" in o["text"].splitlines()
-    assert 'tsfm_rollout_decisions_total{reason="baseline_only",served_by="baseline"} 6' in o["text"].splitlines()
+    assert "tsfm_backend_baseline_only 1.0" in o["text"].splitlines()
+    assert 'tsfm_rollout_decisions_total{reason="baseline_only",served_by="baseline"} 6.0' in o["text"].splitlines()
     assert who(o["again"]) == ("tsfm", None, "full") and o["again"].meta.runtime == "tollama"
-    assert (o["health2"]["status"], o["health2"]["mode"]) == ("ok", "tsfm") and "tsfm_backend_baseline_only 0" in o["text2"].splitlines()
+    assert (o["health2"]["status"], o["health2"]["mode"]) == ("ok", "tsfm") and "tsfm_backend_baseline_only 0.0" in o["text2"].splitlines()
     assert o["transitions"] == [("tsfm", "baseline_only"), ("baseline_only", "tsfm")]
 
 
@@ -198,7 +198,7 @@ def test_runner_builds_rollout_and_monitor_from_config_and_an_open_breaker_degra
     path = _rollout_yaml(tmp_path, "current_phase: full\nhealth: {interval_s: 30}\n")
     adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=1.0, max_retries=0))
     async def go():
-        cfg = RunnerConfig(rollout_config=path, breaker={"failures": 2, "cooldown_s": 100})
+        cfg = RunnerConfig(rollout_config=path, breaker={"failures": 2, "cooldown_s": 100, "probe_on_health": False})
         async with TSFMRunner(cfg, adapter=adapter, guard=LicenseGuard(REGISTRY), postprocess=PP, clock=clock) as r:
             mon, out = r.health_monitor, {}
             out["built"] = (r.rollout.phase.name, mon.settings.interval_s, mon.status()["running"])
@@ -217,6 +217,28 @@ def test_runner_builds_rollout_and_monitor_from_config_and_an_open_breaker_degra
     assert o["open"] == ("open", "baseline_only", "circuit breaker open")
     assert who(o["degraded"]) == ("baseline", "baseline_only", "full")
     assert o["recovered"] == "tsfm" and who(o["probe"]) == ("tsfm", None, "full") and o["closed"] == "closed"
+
+
+def test_a_good_health_probe_lets_the_breaker_probe_through_before_the_cooldown(fake):
+    clock = Clock()
+    adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=1.0, max_retries=0))
+    async def go():
+        cfg = RunnerConfig(breaker={"failures": 2, "cooldown_s": 120})
+        async with TSFMRunner(cfg, adapter=adapter, guard=LicenseGuard(REGISTRY), postprocess=PP, clock=clock) as r:
+            out = {"loop": r.probe_loop is not None and r.health_monitor is None}
+            fake.set(error_status=500)
+            for i in range(2): await r.forecast(market(i))
+            out["opened"] = r.breaker.state
+            clock.t += 5; await r.probe()                            # health answers, forecasts still fail
+            out["still_failing"] = ((await r.forecast(market(3))).meta.fallback_reason, r.breaker.state, r.breaker.opened_count)
+            fake.set(error_status=None); clock.t += 5; await r.probe()   # backend back, 10 s after the opening
+            out["back"] = ((await r.forecast(market(4))).meta.runtime, r.breaker.state)
+            out["probes"] = r.metrics.value("tsfm_breaker_probes_total")
+            return out
+    o = run(go())
+    assert o["loop"] and o["opened"] == "open"
+    assert o["still_failing"] == ("adapter_error", "open", 2)          # one trial call, then a full cooldown again
+    assert o["back"] == ("tollama", "closed") and o["probes"] == 2     # closed 10 s after the opening, not 120 s
 
 
 def test_every_forecast_is_one_valid_json_line_with_the_required_fields(fake, forecast_log):
@@ -268,7 +290,7 @@ def test_rollback_toggle_through_the_admin_api(fake, monkeypatch):
     assert (no_auth.status_code, wrong.status_code, no_auth.headers["www-authenticate"]) == (401, 401, "Bearer")
     assert rolled.status_code == 200 and (rolled.json()["rollback"], rolled.json()["rollback_reason"]) == (True, "bad canary")
     assert meta(during) == ("baseline", "rollback", "full")
-    assert health.json()["rollout"]["rollback"] is True and "tsfm_rollout_rollback 1" in metrics.text.splitlines()
+    assert health.json()["rollout"]["rollback"] is True and "tsfm_rollout_rollback 1.0" in metrics.text.splitlines()
     assert cleared.json()["rollback"] is False and meta(after) == ("tsfm", None, "full")
     assert phase.json()["phase"] == "shadow" and meta(shadow) == ("baseline", "shadow", "shadow")
     assert bad.status_code == 404 and "unknown phase 'beta'" in bad.json()["detail"]
@@ -305,13 +327,13 @@ def test_degradation_and_recovery_through_the_api(fake):
             return up, down, back
     (f1, h1, m1), (f2, h2, m2), (f3, h3, m3) = run(go())
     assert (f1.json()["meta"]["served_by"], h1.json()["status"], h1.json()["mode"]) == ("tsfm", "ok", "tsfm")
-    assert "tsfm_backend_baseline_only 0" in m1.text.splitlines()
+    assert "tsfm_backend_baseline_only 0.0" in m1.text.splitlines()
     assert (f2.status_code, f2.json()["meta"]["fallback_reason"], f2.json()["meta"]["served_by"]) == (200, "baseline_only", "baseline")
     assert (h2.json()["status"], h2.json()["mode"], h2.json()["monitor"]["mode"]) == ("degraded", "baseline_only", "baseline_only")
-    assert "tsfm_backend_baseline_only 1" in m2.text.splitlines()
-    assert 'tsfm_rollout_decisions_total{reason="baseline_only",served_by="baseline"} 1' in m2.text.splitlines()
+    assert "tsfm_backend_baseline_only 1.0" in m2.text.splitlines()
+    assert 'tsfm_rollout_decisions_total{reason="baseline_only",served_by="baseline"} 1.0' in m2.text.splitlines()
     assert (f3.json()["meta"]["served_by"], h3.json()["status"], h3.json()["mode"]) == ("tsfm", "ok", "tsfm")
-    assert "tsfm_backend_baseline_only 0" in m3.text.splitlines()
+    assert "tsfm_backend_baseline_only 0.0" in m3.text.splitlines()
 
 
 def test_app_lifespan_starts_and_stops_the_monitor(fake):

@@ -55,6 +55,9 @@ def market(i: int, n: int = 64, **kw: Any) -> TSFMForecastRequest:
     return TSFMForecastRequest(**fields)
 
 
+UNBATCHED = {"batching": {"enabled": False}, "limiter": {"algorithm": "fixed", "initial_limit": 64}}   # one call per request, all at once
+
+
 def make_runner(fake: FakeTollama, clock: Clock | None = None, env: str = "prod", deadline_s: float = 1.0,
                 max_retries: int = 0, calibrator: ConformalCalibrator | None = None, feed_calibrator: bool | None = None,
                 **cfg: Any) -> TSFMRunner:
@@ -177,11 +180,12 @@ def test_gap_and_stale_last_point_fall_back(fake):
 
 # --- breaker ---------------------------------------------------------------------------------------------
 
-def test_breaker_opens_after_five_failures_and_recovers_through_one_probe(fake):
+@pytest.mark.parametrize("batching", [False, True])
+def test_breaker_opens_after_five_failures_and_recovers_through_one_probe(fake, batching):
     clock = Clock()
     fake.set(error_status=500)
     async def go():
-        async with make_runner(fake, clock) as r:
+        async with make_runner(fake, clock, **{**UNBATCHED, "batching": {"enabled": batching}}) as r:
             first = [await r.forecast(market(i)) for i in range(7)]
             calls_open = fake.stats.forecast_requests
             clock.t += 119
@@ -194,9 +198,11 @@ def test_breaker_opens_after_five_failures_and_recovers_through_one_probe(fake):
     assert [x.meta.fallback_reason for x in first] == ["adapter_error"] * 5 + ["breaker_open"] * 2
     assert calls_open == 5 and still.meta.fallback_reason == "breaker_open"
     reasons = sorted(str(x.meta.fallback_reason) for x in burst)
-    assert reasons == ["None"] + ["breaker_open"] * 7              # exactly one probe went through, and succeeded
-    assert state == "closed" and calls == 6
-    assert "tsfm_breaker_opened_total 1" in text and "tsfm_breaker_state 0" in text
+    if batching:                                                   # the burst is one batch: the probe carries all 8 series
+        assert reasons == ["None"] * 8
+    else: assert reasons == ["None"] + ["breaker_open"] * 7        # exactly one probe went through, and succeeded
+    assert state == "closed" and calls == 6                        # one call either way
+    assert "tsfm_breaker_opened_total 1.0" in text and "tsfm_breaker_state 0.0" in text
 
 
 def test_failed_probe_reopens_for_a_full_cooldown(fake):
@@ -218,7 +224,7 @@ def test_failed_probe_reopens_for_a_full_cooldown(fake):
 def test_breaker_is_correct_under_a_concurrent_burst(fake):
     fake.set(error_status=500, latency_s=0.05)
     async def go():
-        async with make_runner(fake) as r:
+        async with make_runner(fake, **UNBATCHED) as r:
             burst = await asyncio.gather(*(r.forecast(market(i)) for i in range(20)))
             after = await r.forecast(market(99))
             return burst, after, r.breaker.opened_count, fake.stats.forecast_requests
@@ -342,13 +348,15 @@ def test_cycle_never_fails_when_the_backend_does(fake, options, reason):
     assert len(out) == 30 and all(o.meta.fallback_used for o in out)
     assert reason in {o.meta.fallback_reason for o in out}
     for o, q in zip(out, reqs): check_valid(o, q)
-    assert fake.stats.forecast_requests <= 5 and state == "open"           # the breaker bounds the retries
+    if reason == "rate_limited":                                           # busy, not broken: the breaker does not count it
+        assert fake.stats.forecast_requests == 6 and state == "closed"
+    else: assert fake.stats.forecast_requests <= 5 and state == "open"     # the breaker bounds the retries
 
 
 def test_unbatched_cycle_is_the_concurrent_single_series_loop(fake):
     reqs = [market(i) for i in range(6)]
     async def go():
-        async with make_runner(fake) as r: return await r.run_cycle(reqs, batched=False)
+        async with make_runner(fake, **UNBATCHED) as r: return await r.run_cycle(reqs, batched=False)
     out = run(go())
     assert fake.stats.series_per_request == [1] * 6 and [o.market_id for o in out] == [q.market_id for q in reqs]
 

@@ -126,7 +126,7 @@ def test_bearer_auth(fake, monkeypatch):
     monkeypatch.delenv("TOLLAMA_API_KEY", raising=False)
     fake.set(api_key="s3cret")
     e = _fail(fake, BackendRequestError)
-    assert (e.status_code, e.detail, e.reason, e.attempts) == (401, "missing bearer token", FallbackReason.REQUEST_REJECTED, 1)
+    assert (e.status_code, e.detail, e.reason, e.attempts) == (401, "missing bearer token", FallbackReason.BACKEND_MISCONFIGURED, 1)
     e = _fail(fake, BackendRequestError, api_key="wrong")
     assert e.detail == "invalid api key"
     assert _run(fake, api_key="s3cret").attempts == 1

@@ -117,9 +117,12 @@ class _TimedAdapter:
 
     def __getattr__(self, name: str) -> Any: return getattr(self.inner, name)
 
+_CLASSIC = {"batching": {"enabled": False}, "limiter": {"algorithm": "fixed", "initial_limit": 64}}   # loops as written, one call each
+
 def _runner(cfg: RunnerConfig, url: str, deadline_s: float | None = None) -> TSFMRunner:
-    "A runner on `cfg`, its adapter (timed) pointed at `url`."
+    "A runner on `cfg` without micro-batching and with a fixed limit of 64 calls, its adapter (timed) pointed at `url`."
     over = {"base_url": url} | ({} if deadline_s is None else {"deadline_s": deadline_s})
+    cfg = cfg.model_copy(update={k: getattr(cfg, k).model_validate(v) for k, v in _CLASSIC.items()})
     return TSFMRunner(cfg, adapter=_TimedAdapter(TollamaAdapter(load_tollama_config(cfg.runtime_config), **over)))
 
 def _pcts(seconds: list[float]) -> dict[str, float]:

@@ -23,6 +23,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from .. import __version__
 from ..core import (LOG_FORMAT_ENV, BackendError, ConfigError, DataValidationError, LicenseError, ModelError, TsfmWbError,
                           log_format_from_env)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .http_guard import ErrorBody, RequestGuard, error_responses
 from .rollout import RolloutController
 from .runner.service import TSFMRunner
 from .runner.settings import RunnerConfig, load_runner_config
@@ -59,15 +62,24 @@ def _build_runner(runner_config: str | Path | RunnerConfig | None, tollama_url: 
     adapter = TollamaAdapter(load_tollama_config(runner_config.runtime_config), **{k: v for k, v in over.items() if v})
     return TSFMRunner(runner_config, adapter=adapter)
 
+def _rid(request: Request) -> str | None:
+    "The request id `RequestGuard` gave the exchange."
+    return getattr(request.state, "request_id", None)
+
 def _install_error_handlers(app: FastAPI) -> None:
-    "422 with the offending fields; typed errors mapped by `ERROR_STATUS`."
+    "422 with the offending fields; typed errors mapped by `ERROR_STATUS`; HTTP errors: all as `ErrorBody`, with the request id."
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_detail(exc)}, status_code=422)
+    async def _invalid(r: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_detail(exc), "error": "RequestValidationError", "request_id": _rid(r)}, status_code=422)
 
     @app.exception_handler(TsfmWbError)
-    async def _typed(_r: Request, exc: TsfmWbError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "error": type(exc).__name__}, status_code=error_status(exc))
+    async def _typed(r: Request, exc: TsfmWbError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": type(exc).__name__, "request_id": _rid(r)}, status_code=error_status(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail), "error": "HTTPException", "request_id": _rid(r)}, status_code=exc.status_code,
+                            headers=exc.headers)
 
 # %% ../../nbs/tsfm/40_api.ipynb #625912dc
 def _admin_guard(runner: TSFMRunner) -> Any:
@@ -89,15 +101,17 @@ def _install_admin_routes(app: FastAPI, runner: TSFMRunner) -> None:
     "POST /admin/rollback, /admin/rollback/clear and /admin/phase/{name}, behind `_admin_guard`."
     ctl = Depends(_admin_guard(runner))
 
-    @app.post("/admin/rollback")
+    errs = error_responses(401, 403, 409, 413, 422, 500, 503)
+
+    @app.post("/admin/rollback", responses=errs)
     async def rollback(reason: str = "manual (admin API)", rollout: RolloutController = ctl) -> dict[str, Any]:
         rollout.rollback(reason); return rollout.status()
 
-    @app.post("/admin/rollback/clear")
+    @app.post("/admin/rollback/clear", responses=errs)
     async def clear_rollback(rollout: RolloutController = ctl) -> dict[str, Any]:
         rollout.clear_rollback(); return rollout.status()
 
-    @app.post("/admin/phase/{name}")
+    @app.post("/admin/phase/{name}", responses={**errs, **error_responses(404)})
     async def set_phase(name: str, rollout: RolloutController = ctl) -> dict[str, Any]:
         try: rollout.set_phase(name)
         except ConfigError as e: raise HTTPException(404, str(e)) from None
@@ -112,28 +126,32 @@ def create_app(runner_config: str | Path | RunnerConfig | None = None, *, runner
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        monitor = the_runner.health_monitor
-        if monitor is not None: monitor.start()
+        the_runner.start()
         try: yield
         finally:
-            if monitor is not None: await monitor.stop()
+            await the_runner.stop()
             if owned: await the_runner.aclose()
 
     app = FastAPI(title="tsfm-wb TSFM runner", version=__version__, lifespan=lifespan)
     app.state.runner = the_runner
     _install_error_handlers(app)
+    http = the_runner.config.http
 
-    @app.post("/tsfm/forecast", response_model=TSFMForecastResponse)
-    async def forecast(body: TSFMForecastRequest) -> Response:
+    @app.post("/tsfm/forecast", response_model=TSFMForecastResponse, responses=error_responses(400, 403, 413, 422, 500, 502))
+    async def forecast(body: TSFMForecastRequest, request: Request) -> Response:
+        if len(body.y) > http.max_points:
+            raise DataValidationError(f"y has {len(body.y)} values; this service accepts at most {http.max_points} (http.max_points)")
+        if body.request_id is None and _rid(request): body = body.model_copy(update={"request_id": _rid(request)})
         resp = await the_runner.forecast(body)
         return Response(resp.model_dump_json(), media_type="application/json")
 
-    @app.get("/health")
+    @app.get("/health", responses=error_responses(500))
     async def health() -> dict[str, Any]: return await the_runner.health()
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses(500, json_ref=True))
     async def metrics() -> PlainTextResponse: return PlainTextResponse(the_runner.metrics_text(), media_type=PROMETHEUS_CONTENT_TYPE)
     _install_admin_routes(app, the_runner)
+    app.add_middleware(RequestGuard, metrics=the_runner.metrics, settings=http, routes=[r.path for r in app.routes])
     return app
 
 # %% ../../nbs/tsfm/40_api.ipynb #8fae871c

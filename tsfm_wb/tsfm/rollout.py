@@ -27,7 +27,8 @@ from .schemas import TSFMForecastRequest, TSFMForecastResponse, freq_timedelta
 __all__ = ['DEFAULT_SALT', 'N_BUCKETS', 'HEALTH_INTERVAL_S', 'PROBE_TIMEOUT_S', 'MAX_RELATIVE_DROP', 'ROLLBACK_WINDOW_DAYS',
            'MIN_OUTCOMES', 'PhaseSpec', 'AutoRollbackSettings', 'HealthSettings', 'RolloutSettings',
            'load_rollout_settings', 'cohort_bucket', 'in_cohort', 'BandDecision', 'RollbackDecision',
-           'RolloutController', 'HealthTransition', 'HealthMonitor', 'forecast_log_record', 'log_forecast']
+           'RolloutController', 'HealthTransition', 'HealthMonitor', 'cancel_and_wait', 'forecast_log_record',
+           'log_forecast']
 
 # %% ../../nbs/tsfm/29_rollout.ipynb #1d294c86
 DEFAULT_SALT = "tsfm-rollout-v1"    # changing it reshuffles every cohort
@@ -351,14 +352,18 @@ def start(self: HealthMonitor) -> asyncio.Task:
     if self._task is None or self._task.done(): self._task = asyncio.get_running_loop().create_task(self._loop(), name="tsfm-health")
     return self._task
 
-@patch
-async def stop(self: HealthMonitor) -> None:
-    "Cancel the probing task and wait for it."
-    task, self._task = self._task, None
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+    "Cancel a background task (None: nothing) and wait until it has stopped."
     if task is None: return
     task.cancel()
     try: await task
     except asyncio.CancelledError: pass
+
+@patch
+async def stop(self: HealthMonitor) -> None:
+    "Cancel the probing task and wait for it."
+    task, self._task = self._task, None
+    await cancel_and_wait(task)
 
 @patch
 def status(self: HealthMonitor) -> dict[str, Any]:

@@ -5,6 +5,8 @@
 # %% ../../nbs/tsfm/20_schemas.ipynb #136352e7
 from __future__ import annotations
 
+import functools
+import json
 import math
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
@@ -17,9 +19,10 @@ from ..data import freq_to_seconds, to_pandas_freq
 
 # %% auto #0
 __all__ = ['DEFAULT_FREQ', 'DEFAULT_HORIZON_STEPS', 'MAX_HORIZON_STEPS', 'MAX_INPUT_POINTS', 'DEFAULT_QUANTILES',
-           'DEFAULT_LOGIT_EPS', 'DEFAULT_MODEL_NAME', 'REQUEST_ID_PATTERN', 'Quantile', 'Prob', 'pandas_freq',
-           'freq_timedelta', 'future_timestamps', 'FallbackReason', 'TransformSpec', 'ModelSpec', 'quantile_key',
-           'TSFMForecastRequest', 'ConformalInfo', 'ResponseMeta', 'TSFMForecastResponse']
+           'DEFAULT_LOGIT_EPS', 'DEFAULT_MODEL_NAME', 'REQUEST_ID_PATTERN', 'MIN_TIMESTAMP', 'MAX_TIMESTAMP',
+           'MAX_FREQ', 'MAX_PARAMS_BYTES', 'Quantile', 'Prob', 'pandas_freq', 'freq_timedelta', 'future_timestamps',
+           'FallbackReason', 'TransformSpec', 'ModelSpec', 'quantile_key', 'TSFMForecastRequest', 'ConformalInfo',
+           'ResponseMeta', 'TSFMForecastResponse']
 
 # %% ../../nbs/tsfm/20_schemas.ipynb #6706e8f5
 DEFAULT_FREQ = "5m"
@@ -30,13 +33,26 @@ DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 DEFAULT_LOGIT_EPS = 1e-6
 DEFAULT_MODEL_NAME = "chronos2"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+MIN_TIMESTAMP = datetime(1900, 1, 1, tzinfo=timezone.utc)
+MAX_TIMESTAMP = datetime(2200, 1, 1, tzinfo=timezone.utc)   # exclusive
+MAX_FREQ = timedelta(days=366)
+MAX_PARAMS_BYTES = 16_384
 
 # %% ../../nbs/tsfm/20_schemas.ipynb #704e5ed6
+_RANGE = f"[{MIN_TIMESTAMP:%Y-%m-%d}, {MAX_TIMESTAMP:%Y-%m-%d})"
+
+def _check_range(ts: datetime, field: str) -> datetime:
+    "`ts` when it lies in [MIN_TIMESTAMP, MAX_TIMESTAMP), else a ValueError naming `field`."
+    if not MIN_TIMESTAMP <= ts < MAX_TIMESTAMP: raise ValueError(f"{field} {ts.isoformat()} is outside the supported range {_RANGE}")
+    return ts
+
 def _as_utc(value: Any, field: str) -> datetime:
-    "Coerce an aware datetime, an ISO string with a zone, or unix seconds to an aware UTC datetime."
+    "Coerce an aware datetime, an ISO string with a zone, or unix seconds to an aware UTC datetime in the supported range."
     if isinstance(value, bool): raise ValueError(f"{field} must be a timestamp, got a boolean")
     if isinstance(value, (int, float)):
         if not math.isfinite(value): raise ValueError(f"{field} must be finite unix seconds, got {value!r}")
+        if not MIN_TIMESTAMP.timestamp() <= value < MAX_TIMESTAMP.timestamp():
+            raise ValueError(f"{field} = {value!r} unix seconds is outside the supported range {_RANGE}")
         return datetime.fromtimestamp(value, tz=timezone.utc)
     if isinstance(value, str):
         try: value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -44,15 +60,25 @@ def _as_utc(value: Any, field: str) -> datetime:
     if not isinstance(value, datetime): raise ValueError(f"{field} must be a timestamp, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{field} {value.isoformat()} has no time zone; send UTC, e.g. '2026-02-20T12:00:00Z'")
-    return value.astimezone(timezone.utc)
+    try: return _check_range(value.astimezone(timezone.utc), field)
+    except OverflowError: raise ValueError(f"{field} {value.isoformat()} is outside the supported range {_RANGE}") from None
+
+def _utc_strings(values: list[str]) -> list[datetime] | None:
+    "Fast path for ISO strings in UTC (`...Z`, `+00:00`) inside the range; None when any is otherwise (the careful path names it)."
+    try: out = [datetime.fromisoformat(v) for v in values]
+    except ValueError: return None
+    if any(t.tzinfo is not timezone.utc for t in out): return None
+    return out if MIN_TIMESTAMP <= min(out) and max(out) < MAX_TIMESTAMP else None
 
 def _utc_list(values: Any, field: str, max_len: int = MAX_INPUT_POINTS) -> list[datetime]:
     "Coerce a list of timestamps to aware UTC datetimes, naming the first bad index."
     if not isinstance(values, (list, tuple)): raise ValueError(f"{field} must be a list of timestamps")
     if len(values) > max_len: raise ValueError(f"{field} has {len(values)} timestamps; at most {max_len} are accepted")
+    if values and all(type(v) is str for v in values) and (fast := _utc_strings(list(values))) is not None: return fast
     return [_as_utc(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 # %% ../../nbs/tsfm/20_schemas.ipynb #9b6db210
+@functools.lru_cache(maxsize=512)
 def pandas_freq(freq: str) -> str:
     "Translate a fixed cadence such as `5m`, `1h`, `30s`, `1d` (or `5min`, `15T`) into a pandas frequency string."
     try:
@@ -60,7 +86,10 @@ def pandas_freq(freq: str) -> str:
         return to_pandas_freq(freq)
     except DataValidationError as e:
         raise DataValidationError(f"freq {freq!r} is not a fixed cadence ({e}); use e.g. '5m', '1h', '30s' or '1d'") from None
+    except (OverflowError, ValueError):   # a count pandas cannot hold
+        raise DataValidationError(f"freq {str(freq)[:40]!r} is too long a step to represent; use e.g. '5m', '1h', '30s' or '1d'") from None
 
+@functools.lru_cache(maxsize=512)
 def freq_timedelta(freq: str) -> timedelta:
     "Length of one step of `freq` as a `timedelta`."
     pandas_freq(freq)
@@ -92,6 +121,8 @@ class FallbackReason(StrEnum):
     BASELINE_ONLY = "baseline_only"          # health monitor: backend unhealthy (failed probes or open breaker)
     SHADOW = "shadow"                        # TSFM computed for shadow evaluation, baseline band served
     NOT_COMPUTED = "not_computed"            # market outside the rollout phase's computed cohort
+    BACKEND_MISCONFIGURED = "backend_misconfigured"  # backend 401 / 403: wrong or missing credentials
+    OVERLOADED = "overloaded"                # no backend permit within the wait budget (the service's own queue)
 
 # %% ../../nbs/tsfm/20_schemas.ipynb #7ea5b9c5
 Quantile = Annotated[float, Field(strict=True, gt=0.0, lt=1.0)]
@@ -108,16 +139,28 @@ class ModelSpec(StrictModel):
     model_name: str = Field(DEFAULT_MODEL_NAME, min_length=1, max_length=200)
     params: dict[str, JsonValue] = Field(default_factory=dict)
 
+    @field_validator("params")
+    @classmethod
+    def _v_params(cls, v: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        if any(not k for k in v): raise ValueError("params keys must be non-empty strings")
+        try: size = len(json.dumps(v, allow_nan=False))
+        except ValueError: raise ValueError("params hold a non-finite number (NaN or infinity); send finite numbers") from None
+        if size > MAX_PARAMS_BYTES: raise ValueError(f"params serialise to {size} bytes of JSON; at most {MAX_PARAMS_BYTES} are accepted")
+        return v
+
 def quantile_key(q: float) -> str:
-    "The dictionary key of quantile `q` (`0.1 -> '0.1'`), the same spelling tollama uses."
+    "The dictionary key of quantile `q` (`0.1 -> '0.1'`), the same spelling tollama uses: its identity (6 significant digits)."
     return format(float(q), "g")
 
 # %% ../../nbs/tsfm/20_schemas.ipynb #29557293
 def _check_quantiles(v: list[float]) -> list[float]:
-    "Quantiles must be strictly increasing (sorted and unique)."
+    "Quantiles must be strictly increasing (sorted and unique) and have distinct keys (`quantile_key`)."
     for i in range(1, len(v)):
         if v[i] <= v[i - 1]:
             raise ValueError(f"quantiles must be sorted and unique, got {v}; e.g. [0.1, 0.5, 0.9]")
+        if quantile_key(v[i]) == quantile_key(v[i - 1]):
+            raise ValueError(f"quantiles[{i - 1}] = {v[i - 1]!r} and quantiles[{i}] = {v[i]!r} are the same quantile "
+                             f"(key '{quantile_key(v[i])}', 6 significant digits); send distinct levels")
     return v
 
 def _check_probs(v: list[float], field: str = "y") -> list[float]:
@@ -141,10 +184,21 @@ def _check_y_ts(ts: list[datetime] | None, n: int, as_of: datetime) -> None:
     if ts[-1] > as_of: raise ValueError(f"y_ts[-1] = {ts[-1].isoformat()} is after as_of_ts = {as_of.isoformat()}")
 
 def _check_freq(v: str) -> str:
-    "A fixed cadence pandas can add to a timestamp."
-    try: pandas_freq(v)
+    "A fixed cadence pandas can add to a timestamp, from one second to `MAX_FREQ`."
+    try: step = freq_timedelta(v)
     except DataValidationError as e: raise ValueError(str(e)) from None
+    if not timedelta(seconds=1) <= step <= MAX_FREQ: raise ValueError(f"freq {v!r} is a step of {step}; send one from 1 s to {MAX_FREQ.days} days")
     return v
+
+def _check_span(first: datetime | None, n: int, last: datetime, freq: str, horizon: int) -> None:
+    "The first observation (implied when `first` is None) and the last forecast step lie in the supported range."
+    step = freq_timedelta(freq).total_seconds()
+    start = first.timestamp() if first is not None else last.timestamp() - step * (n - 1)
+    if start < MIN_TIMESTAMP.timestamp():
+        raise ValueError(f"without y_ts, y's {n} values at freq {freq} would start before {MIN_TIMESTAMP:%Y-%m-%d}; send y_ts or fewer values")
+    if last.timestamp() + step * horizon >= MAX_TIMESTAMP.timestamp():
+        raise ValueError(f"horizon_steps = {horizon} steps of {freq} after {last.isoformat()} reach past {MAX_TIMESTAMP:%Y-%m-%d}; "
+                         "send fewer steps or a shorter freq")
 
 # %% ../../nbs/tsfm/20_schemas.ipynb #3b2f75d7
 class TSFMForecastRequest(StrictModel):
@@ -159,8 +213,9 @@ class TSFMForecastRequest(StrictModel):
     transform: TransformSpec = Field(default_factory=TransformSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     liquidity_bucket: Literal["high", "mid", "low"] | None = None
-    volume_24h: float | None = Field(None, ge=0.0)
-    time_to_event_s: float | None = Field(None, ge=0.0, description="seconds until the market resolves")
+    volume_24h: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    open_interest: float | None = Field(None, ge=0.0, allow_inf_nan=False, description="open interest (top-N selection)")
+    time_to_event_s: float | None = Field(None, ge=0.0, allow_inf_nan=False, description="seconds until the market resolves")
     category: str | None = Field(None, min_length=1, max_length=100)
     request_id: str | None = Field(None, pattern=REQUEST_ID_PATTERN)
 
@@ -186,7 +241,9 @@ class TSFMForecastRequest(StrictModel):
         return v   # reported under `y_ts`; the model check below repeats it after assignments
     @model_validator(mode="after")
     def _v_cross(self) -> TSFMForecastRequest:
-        _check_y_ts(self.y_ts, len(self.y), self.as_of_ts); return self
+        _check_y_ts(self.y_ts, len(self.y), self.as_of_ts)
+        _check_span(self.y_ts[0] if self.y_ts else None, len(self.y), self.last_observed_ts(), self.freq, self.horizon_steps)
+        return self
 
     def last_observed_ts(self) -> datetime:
         "Time of `y[-1]`: `y_ts[-1]` when given, else `as_of_ts` (an assumption the runner reports)."

@@ -20,19 +20,20 @@ from fastcore.basics import patch
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from ..core import ConfigError, StrictModel, get_logger, read_yaml
-from .tollama_protocol import (BackendHTTPError, BackendLicenseError, BackendProtocolError, BackendRateLimitError,
+from .tollama_protocol import (BackendAuthError, BackendHTTPError, BackendLicenseError, BackendProtocolError, BackendRateLimitError,
                                            BackendRequestError, BackendTimeoutError, BackendUnavailableError, ModelNotFoundError,
                                            SeriesForecastResult, TollamaError, TollamaForecast, TollamaSeries,
                                            build_forecast_payload, error_from_response, parse_forecast_response)
 
-_all_ = ["TollamaError", "BackendTimeoutError", "BackendHTTPError", "BackendRequestError", "ModelNotFoundError",   # the protocol's
+_all_ = ["TollamaError", "BackendTimeoutError", "BackendHTTPError", "BackendRequestError", "BackendAuthError",   # the protocol's
+         "ModelNotFoundError",
          "BackendLicenseError", "BackendRateLimitError", "BackendUnavailableError", "BackendProtocolError",       # names, importable
          "error_from_response", "TollamaSeries", "build_forecast_payload", "SeriesForecastResult", "TollamaForecast",  # from here too
          "parse_forecast_response"]
 
 # %% auto #0
 __all__ = ['DEFAULT_TOLLAMA_URL', 'TollamaConfig', 'load_tollama_config', 'TollamaAdapter', 'TollamaError', 'BackendTimeoutError',
-           'BackendHTTPError', 'BackendRequestError', 'ModelNotFoundError', 'BackendLicenseError',
+           'BackendHTTPError', 'BackendRequestError', 'BackendAuthError', 'ModelNotFoundError', 'BackendLicenseError',
            'BackendRateLimitError', 'BackendUnavailableError', 'BackendProtocolError', 'error_from_response',
            'TollamaSeries', 'build_forecast_payload', 'SeriesForecastResult', 'TollamaForecast',
            'parse_forecast_response']
@@ -152,7 +153,10 @@ async def _call(self: TollamaAdapter, body: dict[str, Any], rid: str, budget: fl
         attempt += 1
         remaining = deadline - time.monotonic()
         try:
-            if remaining <= 0: raise BackendTimeoutError(f"tollama call to {where} ran out of its {budget:g} s deadline")
+            if remaining <= 0:
+                late = BackendTimeoutError(f"tollama call to {where} ran out of its {budget:g} s deadline")
+                late.reached = attempt > 1          # spent before the first attempt: the daemon never saw the call
+                raise late
             if self.config.send_daemon_timeout: body = {**body, "timeout": round(remaining, 3)}
             async with asyncio.timeout(remaining): raw, echoed = await self._attempt(body, rid, remaining, where)
             return raw, echoed, attempt

@@ -19,10 +19,10 @@ from ..core import BackendError, DataValidationError, LicenseError
 from .schemas import FallbackReason, TSFMForecastRequest, freq_timedelta, future_timestamps, pandas_freq, quantile_key
 
 # %% auto #0
-__all__ = ['TollamaError', 'BackendTimeoutError', 'BackendHTTPError', 'BackendRequestError', 'ModelNotFoundError',
-           'BackendLicenseError', 'BackendRateLimitError', 'BackendUnavailableError', 'BackendProtocolError',
-           'error_from_response', 'TollamaSeries', 'build_forecast_payload', 'SeriesForecastResult', 'TollamaForecast',
-           'parse_forecast_response']
+__all__ = ['TollamaError', 'BackendTimeoutError', 'BackendHTTPError', 'BackendRequestError', 'BackendAuthError',
+           'ModelNotFoundError', 'BackendLicenseError', 'BackendRateLimitError', 'BackendUnavailableError',
+           'BackendProtocolError', 'error_from_response', 'TollamaSeries', 'build_forecast_payload',
+           'SeriesForecastResult', 'TollamaForecast', 'parse_forecast_response']
 
 # %% ../../nbs/tsfm/20a_tollama_protocol.ipynb #fc6b955d
 class TollamaError(BackendError):
@@ -34,7 +34,7 @@ class TollamaError(BackendError):
         self.status_code, self.detail, self.hint = status_code, detail, hint
         self.retryable, self.retry_after = retryable, retry_after
         self.request_id: str | None = None
-        self.attempts = 0
+        self.attempts, self.reached = 0, True
 
     def __init_subclass__(cls, reason: FallbackReason | None = None, **kw: Any):
         "Subclasses name their fallback reason in the class statement: `class X(TollamaError, reason=...)`."
@@ -49,6 +49,9 @@ class BackendHTTPError(TollamaError):
 
 class BackendRequestError(BackendHTTPError, reason=FallbackReason.REQUEST_REJECTED):
     "The daemon refused our request or credentials (400, 401, 403, 413, 422): retrying cannot help."
+
+class BackendAuthError(BackendRequestError, reason=FallbackReason.BACKEND_MISCONFIGURED):
+    "401 / 403: the daemon refused our credentials (a wrong or missing API key)."
 
 class ModelNotFoundError(BackendHTTPError, reason=FallbackReason.MODEL_NOT_FOUND):
     "404: the model is not installed in the daemon."
@@ -94,7 +97,8 @@ def error_from_response(status: int, body: bytes, headers: httpx.Headers, where:
     if status == 409: return BackendLicenseError(msg, **kw)
     if status == 429: return BackendRateLimitError(msg, retryable=True, **kw)
     if status == 503: return BackendUnavailableError(msg, retryable=True, **kw)
-    if status in (400, 401, 403, 413, 422): return BackendRequestError(msg, **kw)
+    if status in (401, 403): return BackendAuthError(msg, **kw)
+    if status in (400, 413, 422): return BackendRequestError(msg, **kw)
     return BackendHTTPError(msg, retryable=status >= 500, **kw)
 
 # %% ../../nbs/tsfm/20a_tollama_protocol.ipynb #3198e363

@@ -25,7 +25,7 @@ __all__ = ['CACHE_KEY_EXCLUDED', 'TTE_BUCKETS', 'forecast_cache_key', 'epoch_sec
            'is_band_pair', 'ConformalFeed']
 
 # %% ../../../nbs/tsfm/runner/34_feed.ipynb #5f505552
-CACHE_KEY_EXCLUDED = frozenset({"request_id"})
+CACHE_KEY_EXCLUDED = frozenset({"request_id", "open_interest"})
 TTE_BUCKETS = ((3600.0, "lt_1h"), (86400.0, "lt_1d"), (7 * 86400.0, "lt_7d"))  # else "ge_7d"
 
 def _key_default(v: Any) -> Any:
@@ -96,6 +96,7 @@ class ConformalFeed:
         self.save_path = None if save_path is None else Path(save_path)
         self._books: OrderedDict[str, _MarketBook] = OrderedDict()
         self.recorded, self.updates, self._unsaved = 0, 0, 0
+        self.covered = 0            # recorded outcomes inside the raw band issued for them (the rest breached it)
 
     @property
     def pending(self) -> int:
@@ -145,6 +146,7 @@ def observe(self: ConformalFeed, request: TSFMForecastRequest) -> int:
     book.pending = deque((f for f in book.pending if f.open.any()), maxlen=self.settings.max_pending)
     if not records: return 0
     n = self.calibrator.update(records)
+    self.covered += sum(r.lo <= r.y <= r.hi for r in records)
     self.recorded, self.updates, self._unsaved = self.recorded + n, self.updates + 1, self._unsaved + 1
     if self.save_path is not None and self._unsaved >= self.settings.save_every: self.save()
     return n
@@ -158,5 +160,6 @@ def save(self: ConformalFeed) -> Path | None:
 
 @patch
 def n_scores(self: ConformalFeed) -> int:
-    "Scores the calibrator holds (every segment and step)."
+    "Scores the calibrator holds (every segment and step); a store-backed calibrator counts its own."
+    if hasattr(self.calibrator, "n_scores"): return int(self.calibrator.n_scores())
     return int(sum(c.s.size for c in getattr(self.calibrator, "_cells", {}).values()))

@@ -16,7 +16,7 @@ from cachetools import TTLCache
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['ForecastCache', 'Coalescer', 'BreakerState', 'BreakerTicket', 'CircuitBreaker']
+__all__ = ['ForecastCache', 'Coalescer', 'BreakerState', 'BreakerTicket', 'CircuitBreaker', 'AuthBackoff']
 
 # %% ../../../nbs/tsfm/runner/31_resilience.ipynb #45ab056f
 _V = TypeVar("_V")
@@ -134,3 +134,41 @@ def record_failure(self: CircuitBreaker, ticket: BreakerTicket) -> None:
 def release(self: CircuitBreaker, ticket: BreakerTicket) -> None:
     "The call made with `ticket` ended without a verdict (cancelled): a probe slot is freed."
     if ticket.generation == self._gen and ticket.probe and self._state is BreakerState.HALF_OPEN: self._probe_out = False
+
+# %% ../../../nbs/tsfm/runner/31_resilience.ipynb #bbe0cdc8
+@patch
+def probe_now(self: CircuitBreaker) -> bool:
+    "Let the half-open probe through now (the backend looks healthy); whether the breaker was open."
+    if self._state is not BreakerState.OPEN: return False
+    self._state, self._probe_out = BreakerState.HALF_OPEN, False
+    return True
+
+# %% ../../../nbs/tsfm/runner/31_resilience.ipynb #27872688
+class AuthBackoff:
+    "After the backend refuses our credentials: no calls for a pause that doubles with each refusal; cleared by an accepted call."
+    def __init__(self, backoff_s: float = 30.0, max_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self.backoff_s, self.max_s, self._clock = backoff_s, max_s, clock
+        self.refusals, self.until, self.last_error = 0, 0.0, None
+
+    @property
+    def misconfigured(self) -> bool:
+        "Whether the last call was refused for its credentials (and no call was accepted since)."
+        return self.refusals > 0
+
+    def holding(self) -> bool:
+        "Whether calls are paused now."
+        return self.refusals > 0 and self._clock() < self.until
+
+    def refused(self, error: str) -> None:
+        "A call was refused (401/403): pause, longer each time."
+        self.refusals += 1; self.last_error = error
+        self.until = self._clock() + min(self.max_s, self.backoff_s * 2 ** (self.refusals - 1))
+
+    def accepted(self) -> None:
+        "A call got past authentication: the credentials work."
+        self.refusals, self.until, self.last_error = 0, 0.0, None
+
+    def status(self) -> dict[str, Any]:
+        "For `/health`."
+        return {"misconfigured": self.misconfigured, "refusals": self.refusals, "last_error": self.last_error,
+                "retry_in_s": round(max(0.0, self.until - self._clock()), 1) if self.misconfigured else None}

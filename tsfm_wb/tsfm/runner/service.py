@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,22 +14,26 @@ from typing import Any, Callable
 from fastcore.basics import patch
 
 from ... import __version__
-from ...core import ConfigError, get_logger
+from ...core import get_logger
 from ..conformal import ConformalCalibrator
 from ..postprocess import PostprocessSettings, load_postprocess_settings
 from ..rollout import BandDecision, HealthMonitor, RolloutController, log_forecast
-from .backend import BackendPath
+from .backend import BackendPath, group_key
+from .batching import MicroBatcher
 from .feed import ConformalFeed
 from .licensing import LicenseGuard
-from .resilience import BreakerState, CircuitBreaker, Coalescer, ForecastCache
+from .limiter import AdaptiveLimiter
+from .modes import FallbackRateSwitch
+from .operations import ProbeLoop, build_calibrator, select_top_n
+from .resilience import AuthBackoff, BreakerState, CircuitBreaker, Coalescer, ForecastCache
 from .responses import Job, ResponseBuilder, prepare_job, stamp_response
 from .settings import DEFAULT_RUNNER_CONFIG, RunnerConfig, load_runner_config
-from .telemetry import RunnerMetrics
-from ..schemas import FallbackReason, TSFMForecastRequest, TSFMForecastResponse, pandas_freq
+from .telemetry import WIDTH_BUCKETS, RunnerMetrics
+from ..schemas import FallbackReason, TSFMForecastRequest, TSFMForecastResponse, quantile_key
 from ..tollama import TollamaAdapter, load_tollama_config
 
 # %% auto #0
-__all__ = ['TSFMRunner', 'group_key', 'select_top_n']
+__all__ = ['TSFMRunner']
 
 # %% ../../../nbs/tsfm/runner/37_service.ipynb #492c69b4
 _BREAKER_CODE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
@@ -50,16 +53,25 @@ class TSFMRunner:
         self.guard = guard or LicenseGuard.from_yaml(cfg.models_config, cfg.env)
         self.postprocess = postprocess or (load_postprocess_settings(cfg.postprocess_config) if cfg.postprocess_config
                                            else PostprocessSettings())
-        self.calibrator = calibrator if calibrator is not None else _load_calibrator(cfg)
+        self.calibrator, self.calibrator_events = (calibrator, []) if calibrator is not None else build_calibrator(cfg)
         self.cache = ForecastCache(cfg.cache.ttl_s, cfg.cache.stale_if_error_s, cfg.cache.max_entries, clock)
         self.breaker = CircuitBreaker(cfg.breaker.failures, cfg.breaker.window_s, cfg.breaker.cooldown_s, clock)
         self.metrics = RunnerMetrics(cfg.latency_window)
-        self.metrics.gauge("tsfm_breaker_state", lambda: _BREAKER_CODE[self.breaker.state])
         self.responses = ResponseBuilder(self.postprocess, self.calibrator, cfg.conformal_feed.band)
-        self.backend = BackendPath(self.adapter, self.breaker, self.cache, self.metrics, self.responses, cfg.cycle.batch_deadline_s)
+        self.limiter = AdaptiveLimiter(cfg.limiter, on_wait=lambda s: self.metrics.observe("tsfm_limiter_wait_seconds", s))
+        auth = AuthBackoff(cfg.breaker.misconfigured_backoff_s, cfg.breaker.misconfigured_backoff_max_s, clock)
+        self.backend = BackendPath(self.adapter, self.breaker, self.cache, self.metrics, self.responses, cfg.cycle.batch_deadline_s,
+                                   limiter=self.limiter, auth=auth, wait_s=cfg.limiter.wait_s)
+        if cfg.batching.enabled:
+            self.backend.batcher = MicroBatcher.from_settings(self.backend.run_micro_batch, cfg.batching, self.limiter,
+                                                              model_of=lambda key: key[1], permit_timeout_s=cfg.limiter.wait_s)
+        self.modes = FallbackRateSwitch(cfg.modes, clock)
         self._coalescer = Coalescer()
         self.rollout, self.health_monitor = self._rollout_parts(rollout, health, clock)
+        self.probe_loop = ProbeLoop(self.probe, cfg.health_probe.interval_s) if self.health_monitor is None and cfg.health_probe.enabled else None
+        self._register_gauges()
         self.conformal_feed = self._make_feed(calibrator is None if feed_calibrator is None else feed_calibrator)
+        for e in self.calibrator_events: _log.warning(f"calibrator: {e.kind}: {e.detail}", extra={"event": e.kind, "moved_to": e.moved_to})
 
     @classmethod
     def from_config(cls, path: str | Path | None = DEFAULT_RUNNER_CONFIG, **parts: Any) -> TSFMRunner:
@@ -69,20 +81,25 @@ class TSFMRunner:
     async def __aenter__(self) -> TSFMRunner: return self
     async def __aexit__(self, *exc: Any) -> None: await self.aclose()
 
-    async def aclose(self) -> None:
-        "Save the fed calibrator (when `conformal_state_save` is set) and close the adapter's connections."
-        try:
-            if self.conformal_feed is not None: self.conformal_feed.save()
-        finally: await self.adapter.aclose()
+    def start(self) -> None:
+        "Start the background parts on the running event loop: the rollout's health monitor, or the probe loop."
+        if self.health_monitor is not None: self.health_monitor.start()
+        elif self.probe_loop is not None: self.probe_loop.start()
 
-def _load_calibrator(cfg: RunnerConfig) -> ConformalCalibrator | None:
-    "The saved calibrator `conformal_state`, else an empty one when `conformal_online`, else None."
-    path = cfg.conformal_state
-    if path is not None and Path(path).is_file(): return ConformalCalibrator.load(path)
-    if path is not None and not (cfg.conformal_online and path == cfg.conformal_state_save):
-        raise ConfigError(f"conformal_state {path!r} not found; save a ConformalCalibrator there or set it to null")
-    if not cfg.conformal_online: return None
-    return ConformalCalibrator() if cfg.conformal_config is None else ConformalCalibrator.from_config(cfg.conformal_config)
+    async def stop(self) -> None:
+        "Stop the background parts (monitor or probe loop) and cancel batches not yet sent."
+        if self.health_monitor is not None: await self.health_monitor.stop()
+        if self.probe_loop is not None: await self.probe_loop.stop()
+        if self.backend.batcher is not None: await self.backend.batcher.aclose()
+
+    async def aclose(self) -> None:
+        "Stop the background parts, save the fed calibrator (when `conformal_state_save` is set), close the connections."
+        try:
+            await self.stop()
+            if self.conformal_feed is not None and self.config.conformal_store is None: self.conformal_feed.save()
+        finally:
+            await self.adapter.aclose()
+            if hasattr(self.calibrator, "store"): self.calibrator.close()
 
 # %% ../../../nbs/tsfm/runner/37_service.ipynb #851b4776
 @patch
@@ -92,13 +109,36 @@ def _rollout_parts(self: TSFMRunner, rollout: RolloutController | None, health: 
     path = self.config.rollout_config
     if rollout is None and path is not None: rollout = RolloutController.from_config(path)
     if health is None and path is not None:
-        health = HealthMonitor.from_settings(self.adapter.health, rollout.config.health, clock=clock,
+        health = HealthMonitor.from_settings(self.probe, rollout.config.health, clock=clock,
                                              breaker_open=lambda: self.breaker.state is BreakerState.OPEN)
     if rollout is not None:
         self.metrics.gauge("tsfm_rollout_served_percent", lambda: self.rollout.phase.served_percent)
         self.metrics.gauge("tsfm_rollout_rollback", lambda: float(self.rollout.rolled_back))
     if health is not None: self.metrics.gauge("tsfm_backend_baseline_only", lambda: float(self.health_monitor.mode == "baseline_only"))
     return rollout, health
+
+@patch
+def _register_gauges(self: TSFMRunner) -> None:
+    "Breaker, limiter, misconfiguration and mode gauges, read at scrape time."
+    g = self.metrics.gauge
+    g("tsfm_breaker_state", lambda: _BREAKER_CODE[self.breaker.state])
+    g("tsfm_limiter_limit", lambda: self.limiter.limit); g("tsfm_limiter_in_flight", lambda: self.limiter.in_flight)
+    g("tsfm_limiter_queued", lambda: self.limiter.queued)
+    g("tsfm_backend_misconfigured", lambda: float(self.backend.auth.misconfigured))
+    g("tsfm_baseline_only", lambda: float(self.modes.mode == "baseline_only"))
+
+@patch
+async def probe(self: TSFMRunner) -> bool:
+    "One probe of the backend's health: a good one lets the open breaker's half-open probe through and ends baseline-only mode."
+    try:
+        async with asyncio.timeout(self.config.health_probe.timeout_s): ok = bool(await self.adapter.health())
+    except TimeoutError: ok = False
+    if ok and self.config.breaker.probe_on_health and self.breaker.probe_now():
+        self.metrics.inc("tsfm_breaker_probes_total"); _log.info("backend healthy again: the breaker's half-open probe goes next")
+    before = self.modes.mode
+    self.modes.probe(ok)
+    if self.modes.mode != before: self.metrics.inc("tsfm_mode_switches_total", to=self.modes.mode)
+    return ok
 
 @patch
 def _make_feed(self: TSFMRunner, feed: bool) -> ConformalFeed | None:
@@ -114,11 +154,15 @@ def _make_feed(self: TSFMRunner, feed: bool) -> ConformalFeed | None:
 def _feed_outcomes(self: TSFMRunner, request: TSFMForecastRequest) -> None:
     "Feed the calibrator the outcomes `request` reveals of earlier forecasts of its market (a failure is logged, never raised)."
     if self.conformal_feed is None: return
+    covered = self.conformal_feed.covered
     try: n = self.conformal_feed.observe(request)
     except Exception:  # the feed must never cost a forecast: log it (a bug or a refused record) and answer anyway
         _log.exception("conformal feed failed", extra={"market_id": request.market_id})
         self.metrics.inc("tsfm_conformal_feed_errors_total"); return
-    if n: self.metrics.inc("tsfm_conformal_outcomes_total", n)
+    if n:
+        self.metrics.inc("tsfm_conformal_outcomes_total", n)
+        inside = self.conformal_feed.covered - covered
+        self.metrics.inc("tsfm_conformal_covered_total", inside, covered="true"); self.metrics.inc("tsfm_conformal_covered_total", n - inside, covered="false")
 
 @patch
 def _prepare(self: TSFMRunner, request: TSFMForecastRequest, t0: float) -> Job:
@@ -133,7 +177,7 @@ _flog = get_logger("runner.forecast")
 def _decide(self: TSFMRunner, market_id: str) -> BandDecision:
     "The band decision for a market now: the controller's, turned to baseline_only while the monitor reports the backend unhealthy."
     d = self.rollout.band_source_for(market_id) if self.rollout is not None else _NO_ROLLOUT
-    if d.source == "tsfm" and self.health_monitor is not None and not self.health_monitor.healthy:
+    if d.source == "tsfm" and ((self.health_monitor is not None and not self.health_monitor.healthy) or self.modes.mode == "baseline_only"):
         return BandDecision("baseline", False, d.phase, "baseline_only")
     return d
 
@@ -142,6 +186,8 @@ def _rollout_detail(self: TSFMRunner, d: BandDecision) -> str:
     "Why a rollout decision serves the baseline band, for the response's warnings."
     mon, phase = self.health_monitor, self.rollout.phase if self.rollout is not None else None
     if d.reason == "rollback": return f"rollout rolled back ({self.rollout.status()['rollback_reason']}): baseline band for every market"
+    if d.reason == "baseline_only" and self.modes.mode == "baseline_only":
+        return f"baseline-only mode ({self.modes.switches[-1].reason}) until a health probe succeeds"
     if d.reason == "baseline_only": return f"backend unhealthy ({mon.last_error if mon else 'rollout controller'}): baseline-only mode"
     if d.reason == "shadow": return f"phase {d.phase}: TSFM band computed for shadow evaluation, not served (outside the served {phase.served_percent:g}% cohort)"
     return f"phase {d.phase}: market outside the computed {phase.computed_percent:g}% cohort"
@@ -164,6 +210,7 @@ def _finish(self: TSFMRunner, job: Job, resp: TSFMForecastResponse, cache_hit: b
             decision: BandDecision = _NO_ROLLOUT) -> TSFMForecastResponse:
     "The caller's copy of the answer `decision` serves (shadow: the TSFM answer logged, the baseline band served); counted, logged."
     if self.conformal_feed is not None: self.conformal_feed.issue(job.request, resp)
+    if decision.source == "tsfm" and not cache_hit and job.policy is None: self._observe_mode(resp)
     if decision.source == "tsfm" and not decision.served:
         self.metrics.inc("tsfm_shadow_computed_total", runtime=resp.meta.runtime)
         if not resp.meta.fallback_used:
@@ -176,8 +223,24 @@ def _finish(self: TSFMRunner, job: Job, resp: TSFMForecastResponse, cache_hit: b
     if m.fallback_used: self.metrics.inc("tsfm_fallbacks_total", reason=m.fallback_reason.value)
     if self.rollout is not None or self.health_monitor is not None:
         self.metrics.inc("tsfm_rollout_decisions_total", served_by=m.served_by, reason=decision.reason)
+    self._observe_width(out)
     self._log_one(job, out, decision, served=True)
     return out
+
+@patch
+def _observe_mode(self: TSFMRunner, resp: TSFMForecastResponse) -> None:
+    "Tell the fallback-rate switch how an answer that needed the backend went (stale answers count as fallbacks)."
+    before = self.modes.mode
+    self.modes.observe(resp.meta.fallback_used or resp.meta.stale)
+    if self.modes.mode != before: self.metrics.inc("tsfm_mode_switches_total", to=self.modes.mode)
+
+@patch
+def _observe_width(self: TSFMRunner, out: TSFMForecastResponse) -> None:
+    "The served outer interval's width at the first and the last step."
+    if len(out.quantiles) < 2: return
+    lo, hi = out.yhat_q[quantile_key(out.quantiles[0])], out.yhat_q[quantile_key(out.quantiles[-1])]
+    for step, i in (("first", 0), ("last", -1)):
+        self.metrics.observe("tsfm_interval_width", hi[i] - lo[i], buckets=WIDTH_BUCKETS, source=out.meta.band_source or "none", step=step)
 
 @patch
 async def forecast(self: TSFMRunner, request: TSFMForecastRequest) -> TSFMForecastResponse:
@@ -195,11 +258,6 @@ async def forecast(self: TSFMRunner, request: TSFMForecastRequest) -> TSFMForeca
     return self._finish(job, resp, decision=decision)
 
 # %% ../../../nbs/tsfm/runner/37_service.ipynb #00e8ecfb
-def group_key(req: TSFMForecastRequest) -> tuple:
-    "Requests with equal group keys can share one multi-series tollama request."
-    return (req.model.provider, req.model.model_name, json.dumps(req.model.params, sort_keys=True), req.horizon_steps,
-            tuple(req.quantiles), pandas_freq(req.freq), req.transform.kind, req.transform.eps)
-
 @patch
 async def _run_each(self: TSFMRunner, requests: list[TSFMForecastRequest]) -> list[TSFMForecastResponse]:
     "The single-series loop: one `forecast` per market, at most `cycle.request_concurrency` at once."
@@ -241,19 +299,23 @@ async def run_cycle(self: TSFMRunner, requests: list[TSFMForecastRequest], batch
 @patch
 async def health(self: TSFMRunner) -> dict[str, Any]:
     "Service health: backend probe, breaker, mode (tsfm / baseline_only), rollout and monitor status, environment."
-    up, state, mon = await self.adapter.health(), self.breaker.state, self.health_monitor
-    mode = mon.mode if mon is not None else "tsfm"
-    return {"status": "ok" if up and state is BreakerState.CLOSED and mode == "tsfm" else "degraded", "backend": "up" if up else "down",
+    up, state, mon, auth = await self.adapter.health(), self.breaker.state, self.health_monitor, self.backend.auth
+    mode = "baseline_only" if (mon is not None and mon.mode == "baseline_only") or self.modes.mode == "baseline_only" else "tsfm"
+    backend = "misconfigured" if auth.misconfigured else "up" if up else "down"
+    return {"status": "ok" if backend == "up" and state is BreakerState.CLOSED and mode == "tsfm" else "degraded", "backend": backend,
             "breaker": state.value, "mode": mode, "rollout": None if self.rollout is None else self.rollout.status(),
             "monitor": None if mon is None else mon.status(), "env": self.config.env, "cache_entries": len(self.cache),
-            "calibrator": self.calibrator is not None, "version": __version__}
+            "calibrator": self.calibrator is not None, "version": __version__, "limiter": self.limiter.stats(),
+            "batching": None if self.backend.batcher is None else {"batches": self.backend.batcher.batches, "items": self.backend.batcher.items},
+            "modes": self.modes.status(), "auth": auth.status(), "probe": None if self.probe_loop is None else self.probe_loop.status(),
+            "calibrator_store": self.config.conformal_store, "calibrator_events": [e.as_dict() for e in self.calibrator_events]}
 
 @patch
 def metrics_text(self: TSFMRunner) -> str:
     "The runner's metrics in the Prometheus text format."
     return self.metrics.render()
 
-def select_top_n(requests: list[TSFMForecastRequest], n: int) -> list[TSFMForecastRequest]:
-    "The `n` requests with the largest `volume_24h` (those without volume last, ties in input order)."
-    order = sorted(range(len(requests)), key=lambda i: (requests[i].volume_24h is None, -(requests[i].volume_24h or 0.0), i))
-    return [requests[i] for i in order[:n]]
+@patch
+def top_n(self: TSFMRunner, requests: list[TSFMForecastRequest]) -> list[TSFMForecastRequest]:
+    "The cycle's `cycle.top_n` markets by `select_top_n` with `cycle.score_weights`."
+    return select_top_n(requests, self.config.cycle.top_n, self.config.cycle.score_weights)

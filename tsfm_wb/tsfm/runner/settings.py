@@ -13,8 +13,9 @@ from pydantic import Field, model_validator
 from ...core import ConfigPath, StrictModel, load_config
 
 # %% auto #0
-__all__ = ['DEFAULT_RUNNER_CONFIG', 'InputPolicy', 'CacheSettings', 'BreakerSettings', 'AdminSettings', 'ConformalFeedSettings',
-           'CycleSettings', 'RunnerConfig', 'load_runner_config']
+__all__ = ['MAX_BODY_BYTES', 'DEFAULT_RUNNER_CONFIG', 'InputPolicy', 'CacheSettings', 'BreakerSettings', 'AdminSettings',
+           'ConformalFeedSettings', 'CycleSettings', 'LimiterSettings', 'BatchSettings', 'ModeSettings',
+           'ProbeSettings', 'HttpSettings', 'RunnerConfig', 'load_runner_config']
 
 # %% ../../../nbs/tsfm/runner/30_settings.ipynb #9c3447d2
 _Liquidity = Literal["high", "mid", "low"]
@@ -34,10 +35,13 @@ class CacheSettings(StrictModel):
     max_entries: int = Field(10_000, ge=1)
 
 class BreakerSettings(StrictModel):
-    "Circuit breaker: open after `failures` failures within `window_s`, probe again after `cooldown_s`."
+    "Circuit breaker: open after `failures` backend failures within `window_s`; probe after `cooldown_s` or a good health probe."
     failures: int = Field(5, ge=1)
     window_s: float = Field(60.0, gt=0)
     cooldown_s: float = Field(120.0, gt=0)
+    probe_on_health: bool = True                     # a health probe that succeeds lets the half-open probe through at once
+    misconfigured_backoff_s: float = Field(30.0, gt=0)      # after a 401/403: no backend call for this long (doubling) ...
+    misconfigured_backoff_max_s: float = Field(300.0, gt=0)  # ... up to this
 
 class AdminSettings(StrictModel):
     "The service's admin routes (rollback, phase): off unless `enabled`; a bearer token from `token_env` when set."
@@ -63,6 +67,60 @@ class CycleSettings(StrictModel):
     batch_concurrency: int = Field(2, ge=1)
     request_concurrency: int = Field(8, ge=1)        # single-series requests in flight (unbatched loops)
     batch_deadline_s: float = Field(5.0, gt=0)
+    score_weights: tuple[float, float] = (0.6, 0.4)  # top-N score: weight of z(volume_24h), of z(open_interest)
+
+# %% ../../../nbs/tsfm/runner/30_settings.ipynb #acf142c9
+class LimiterSettings(StrictModel):
+    "Adaptive concurrency limit on backend calls: algorithm, bounds, queue, wait budget, the algorithms' parameters."
+    algorithm: Literal["gradient", "aimd", "fixed"] = "gradient"
+    initial_limit: int = Field(1, ge=1)           # start unloaded: the first RTTs are the backend's own
+    min_limit: int = Field(1, ge=1)
+    max_limit: int = Field(64, ge=1)
+    max_queue: int = Field(10_000, ge=0)          # callers waiting beyond this are refused at once
+    wait_s: float = Field(1.0, gt=0)              # a call waits at most this long for a permit
+    smoothing: float = Field(0.2, gt=0, le=1)     # gradient: weight of a new estimate
+    rtt_tolerance: float = Field(1.5, ge=1)       # gradient: RTT may grow this much over unloaded before the limit falls
+    noload_drift: float = Field(0.001, ge=0, lt=1) # gradient: the unloaded-RTT minimum creeps up this much per call
+    backoff_ratio: float = Field(0.9, gt=0, lt=1) # limit multiplied by this on a dropped call
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LimiterSettings:
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(f"need min_limit <= initial_limit <= max_limit, got {self.min_limit}, {self.initial_limit}, {self.max_limit}")
+        return self
+
+class BatchSettings(StrictModel):
+    "Micro-batching of concurrent forecast requests: on/off, gathering window, largest batch."
+    enabled: bool = True
+    window_ms: float = Field(5.0, ge=0.0, le=1000.0)     # gather this long after a batch's first request
+    max_batch: int = Field(64, ge=1)                      # flush at once at this many series (the model's largest batch)
+    max_batch_by_model: dict[str, int] = Field(default_factory=dict)   # per-model override of max_batch
+
+    def cap(self, model_name: str) -> int:
+        "The largest batch for `model_name`."
+        return max(1, self.max_batch_by_model.get(model_name, self.max_batch))
+
+class ModeSettings(StrictModel):
+    "When the service switches to baseline-only by itself, and when it comes back."
+    enabled: bool = True
+    threshold: float = Field(0.5, gt=0, lt=1)     # fallback rate above this ...
+    for_s: float = Field(300.0, ge=0)             # ... for this long, without a break: baseline-only
+    window_s: float = Field(60.0, gt=0)           # the rate is measured over this window
+    min_answers: int = Field(20, ge=1)            # fewer answers in the window: no verdict
+    hold_s: float = Field(30.0, ge=0)             # baseline-only at least this long before a probe may end it
+
+class ProbeSettings(StrictModel):
+    "The backend health probe the service runs when no rollout monitor does."
+    enabled: bool = True
+    interval_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+
+MAX_BODY_BYTES = 1_048_576           # 1 MiB: 10,000 points with their time stamps fit several times over
+
+class HttpSettings(StrictModel):
+    "The HTTP layer's limits."
+    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1024)   # larger bodies: 413 before parsing
+    max_points: int = Field(10_000, ge=1)                  # more values in y: 422
 
 # %% ../../../nbs/tsfm/runner/30_settings.ipynb #82f4f37a
 DEFAULT_RUNNER_CONFIG: str | None = None  # no file: RunnerConfig's built-in defaults
@@ -78,12 +136,18 @@ class RunnerConfig(StrictModel):
     conformal_config: ConfigPath | None = None       # settings of a new calibrator; None: ConformalCalibrator() defaults
     conformal_state_save: ConfigPath | None = None   # persist the calibrator JSON here (atomically): on aclose, every save_every updates
     conformal_feed: ConformalFeedSettings = Field(default_factory=ConformalFeedSettings)
+    conformal_store: ConfigPath | None = None        # SQLite store of outcomes shared by worker processes; None: in memory
     rollout_config: ConfigPath | None = None         # rollout settings; None: no rollout (every market TSFM), no monitor
     admin: AdminSettings = Field(default_factory=AdminSettings)
     input: InputPolicy = Field(default_factory=InputPolicy)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     cycle: CycleSettings = Field(default_factory=CycleSettings)
+    limiter: LimiterSettings = Field(default_factory=LimiterSettings)
+    batching: BatchSettings = Field(default_factory=BatchSettings)
+    modes: ModeSettings = Field(default_factory=ModeSettings)
+    health_probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     latency_window: int = Field(4096, ge=16)         # recent latencies kept for p50/p95
 
     @model_validator(mode="after")
