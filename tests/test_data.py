@@ -7,7 +7,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tsfm_wb.data import LIQUIDITY_BUCKETS, freq_to_seconds, simulate_market, to_pandas_freq, validate_series_frame
+from tsfm_wb.data import validate_series_frame
+
+from tsfm_wb.freq import freq_to_seconds, to_pandas_freq
+
+from tsfm_wb.simulate import LIQUIDITY_BUCKETS, simulate_market
 
 
 @settings(max_examples=60, deadline=None)

@@ -161,3 +161,56 @@ def test_every_notebook_names_its_kernel():
         meta = json.loads(nb.read_text())["metadata"]
         assert meta.get("kernelspec", {}).get("name") == "python3", nb
         assert meta.get("kernelspec", {}).get("language") == "python" and meta.get("language_info", {}).get("name") == "python", nb
+
+
+MAX_MODULE_LINES = 400
+PACKAGE = REPO_ROOT / "tsfm_wb"
+
+
+def _package_modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "_modidx.py" and "__pycache__" not in p.parts)
+
+
+def test_no_module_over_400_lines():
+    """One concern per module: none of tsfm_wb/ (the generated _modidx.py aside) is longer than 400 lines."""
+    long = {str(p.relative_to(REPO_ROOT)): n for p in _package_modules()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"split these modules by concern: {long}"
+
+
+def _assigned_methods(source: str) -> list[str]:
+    """Module-level `Class.name = function` statements (a function, lambda or other callable attached by assignment)."""
+    tree = ast.parse(source)
+    classes = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    found = []
+    for node in tree.body:
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None: continue
+        if not isinstance(node.value, (ast.Name, ast.Lambda, ast.Attribute)): continue   # a docstring or a constant is data
+        for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and (t.value.id in classes or t.value.id[:1].isupper()):
+                found.append(f"{t.value.id}.{t.attr} (line {node.lineno})")
+    return found
+
+
+def test_assigned_method_detector_catches_it():
+    src = "class A:\n    pass\n\ndef _f(self):\n    return 1\n\nA.f = _f\nB.g = lambda self: 2\nA.__doc__ = 'data'\nx = 1\n"
+    assert _assigned_methods(src) == ["A.f (line 7)", "B.g (line 8)"]
+    assert _assigned_methods("class A:\n    x = 1\n") == []
+
+
+def test_no_method_attached_by_assignment():
+    """Methods live in the class or under fastcore's @patch with their public names, never `Class.m = _fn`."""
+    found = {str(p.relative_to(REPO_ROOT)): hits for p in _package_modules()
+             if (hits := _assigned_methods(p.read_text(encoding="utf-8")))}
+    assert not found, found
+
+
+def test_index_maps_every_notebook():
+    """The book's first page lists every notebook, so a reader can find any part from it."""
+    index = json.loads((REPO_ROOT / "nbs" / "index.ipynb").read_text(encoding="utf-8"))
+    text = "\n".join("".join(c["source"]) for c in index["cells"] if c["cell_type"] == "markdown")
+    nbs = REPO_ROOT / "nbs"
+    missing = [str(p.relative_to(nbs).with_suffix("")) for p in sorted(nbs.rglob("*.ipynb"))
+               if p.name != "index.ipynb" and ".ipynb_checkpoints" not in p.parts
+               and f"`{p.relative_to(nbs).with_suffix('')}`" not in text]
+    assert not missing, f"add these notebooks to the map in nbs/index.ipynb: {missing}"

@@ -1,4 +1,4 @@
-"""tsfm_wb.lab.train: config, typed input errors, artifacts, determinism, original-unit metrics, reload round trip, report, CLI.
+"""tsfm_wb.lab.train and tsfm_wb.lab.runs: config, typed input errors, artifacts, determinism, original-unit metrics, reload round trip, report, CLI.
 
 Runs are tiny (the last 1000 CO2 weeks, which hold real gaps, 8 units, 2 epochs): these tests check the mechanics.
 Accuracy claims come from the real configs (reports/spline_lstm/)."""
@@ -17,11 +17,10 @@ from tsfm_wb.core import ConfigError, DataValidationError, ModelError, load_npz,
 from tsfm_wb.data import load_dataset
 from tsfm_wb.lab.features import MissingCovariateError
 from tsfm_wb.metrics import seasonal_scale
-from tsfm_wb.lab.train import (
-    BASELINE_NAMES, FORECAST_FILE, TrainConfig, evaluate_run, forecast_frame, forecast_latest, load_run, main, parse_config,
-    predict, prepare_data,
-    run_comparison, run_experiment, walk_forward_windows, write_comparison_report,
-)
+from tsfm_wb.lab.train import (BASELINE_NAMES, FORECAST_FILE, TrainConfig, parse_config, prepare_data, run_experiment,
+                                walk_forward_windows)
+from tsfm_wb.lab.runs import (evaluate_run, forecast_frame, forecast_latest, load_run, main, predict, run_comparison,
+                               write_comparison_report)
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACT_FILES = ["checkpoints", "config.json", "history.json", "meta.json", "metrics.json", "predictions.npz",
@@ -208,7 +207,7 @@ def test_cli_end_to_end(tmp_path):
     cfg = tmp_path / "quick.yaml"
     cfg.write_text(json.dumps(_quick(tmp_path / "ignored", epochs=5)))                 # JSON is valid YAML
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    out = subprocess.run([sys.executable, "-m", "tsfm_wb.lab.train", "--config", str(cfg), "--epochs", "1",
+    out = subprocess.run([sys.executable, "-m", "tsfm_wb.lab.runs", "--config", str(cfg), "--epochs", "1",
                           "--artifacts", str(tmp_path / "art")], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "run dir:" in out.stdout and "| model |" in out.stdout and "reloaded OK" in out.stdout

@@ -17,7 +17,7 @@ __all__ = ['VERBS', 'usage', 'main']
 VERBS: dict[str, tuple[str, str]] = {   # verb -> (module whose `main(argv)` runs it, one-line help)
     "serve": ("tsfm_wb.tsfm.api", "the TSFM forecast service (FastAPI + uvicorn); --tollama-url points it at a daemon"),
     "serve-models": ("tsfm_wb.tsfm.model_server", "the embedded tollama-protocol model server (statsforecast models, mock)"),
-    "train": ("tsfm_wb.lab.train", "train and evaluate spline-LSTM runs from a train config"),
+    "train": ("tsfm_wb.lab.runs", "train and evaluate spline-LSTM runs from a train config"),
     "matrix": ("tsfm_wb.experiments.matrix", "run the experiment matrix (resumable) and write its report"),
     "workbench": ("tsfm_wb.experiments.workbench", "the dataset and baseline stages of the report alone"),
     "bench": ("tsfm_wb.experiments.bench", "the runner benchmarks, results under reports/bench/"),

@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #95de5593
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -15,10 +16,11 @@ import random
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Awaitable, Callable, TypeVar, get_args
 
 import numpy as np
 import yaml
@@ -32,7 +34,7 @@ __all__ = ['CONFIG_DIR_KEY', 'ConfigPath', 'SNAPSHOT_PACKAGES', 'LOG_FORMAT_ENV'
            'resolve_config_paths', 'load_config', 'bundled_path', 'StrictModel', 'seed_everything', 'config_hash',
            'make_run_id', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json',
            'atomic_save_npz', 'load_npz', 'package_versions', 'repro_snapshot', 'write_snapshot', 'JsonLineFormatter',
-           'get_logger', 'log_format_from_env', 'configure_logging', 'df_to_markdown']
+           'get_logger', 'log_format_from_env', 'configure_logging', 'df_to_markdown', 'run_coroutine', 'frame_records']
 
 # %% ../nbs/00_core.ipynb #98c185c7
 class TsfmWbError(Exception):
@@ -275,3 +277,13 @@ def df_to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False)
     rule = "|" + "|".join("---" for _ in d.columns) + "|"
     rows = ["| " + " | ".join(_fmt(v, floatfmt) for v in row) + " |" for row in d.itertuples(index=False)]
     return "\n".join([head, rule, *rows])
+
+def run_coroutine(coro_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    "Run `coro_fn(*args)` to completion from synchronous code, in a fresh thread if a loop already runs (Jupyter)."
+    try: asyncio.get_running_loop()
+    except RuntimeError: return asyncio.run(coro_fn(*args))
+    with ThreadPoolExecutor(1) as ex: return ex.submit(asyncio.run, coro_fn(*args)).result()
+
+def frame_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    "Rows of `df` as JSON-ready dicts, a float NaN as None."
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in df.to_dict("records")]

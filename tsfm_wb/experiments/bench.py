@@ -30,7 +30,7 @@ from pydantic import Field
 from .. import __version__
 from ..tsfm.api import create_app
 from ..core import BackendError, StrictModel, atomic_write_json, atomic_write_text, get_logger
-from ..data import simulate_markets
+from ..simulate import simulate_markets
 from ..tsfm.runner.service import TSFMRunner
 from ..tsfm.runner.settings import RunnerConfig, load_runner_config
 from ..tsfm.schemas import TSFMForecastRequest

@@ -45,7 +45,7 @@ def train_eval_step(run_dir: str | Path, config: dict[str, Any]) -> dict[str, An
 def edge_parity_step(run_dir: str | Path, gate_config: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
     "Export a finished run to ONNX/TFLite, measure parity/latency/size on all test windows, gate it; returns the report."
     from tsfm_wb.lab.edge_gate import edge_gate, load_gate
-    from tsfm_wb.lab.train import load_run
+    from tsfm_wb.lab.runs import load_run
     run = load_run(run_dir)
     idx = run.arrays["test_idx"]
     X, y = run.arrays["X"][idx], run.arrays["y"][idx]

@@ -20,7 +20,8 @@ from ..metrics import smape
 from .spline import regular_grid
 from .panel import panel_freq, season_length_for
 from .intervals import check_levels, level_label
-from .estimator import DEFAULT_ALIAS, SplineLSTM, cv_cutoffs
+from .estimator import DEFAULT_ALIAS, SplineLSTM
+from .panel import cv_cutoffs
 
 # %% auto #0
 __all__ = ['BENCHMARK_SERIES', 'BENCHMARK_PANEL', 'PEERS', 'STAT_PEERS', 'BenchmarkSeries', 'benchmark_series', 'fold_cutoffs',

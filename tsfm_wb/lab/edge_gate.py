@@ -100,8 +100,8 @@ def edge_gate(model: Any, X_test: Any, y_test: Any, run_dir: str | Path,
 RUN_META_KEYS = ("run_id", "model_type", "data_mode", "dataset", "seed")  # copied from meta.json into parity.json
 
 def gate_run(run_dir: str | Path, gate: EdgeGateConfig | None = None, part: str = "test", **kwargs: Any) -> dict[str, Any]:
-    "Edge gate of a finished training run (`tsfm_wb.lab.train.load_run`) on all its `part` windows, in original units."
-    from tsfm_wb.lab.train import load_run
+    "Edge gate of a finished training run (`tsfm_wb.lab.runs.load_run`) on all its `part` windows, in original units."
+    from tsfm_wb.lab.runs import load_run
     run = load_run(run_dir)
     if f"{part}_idx" not in run.arrays: raise ConfigError(f"part must be train, val or test, got {part!r}")
     idx = run.arrays[f"{part}_idx"]

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from ..core import ConfigError, DataValidationError, ModelError, atomic_save_npz, atomic_write_json, load_npz, read_json
+from ..core import (ConfigError, DataValidationError, ModelError, atomic_save_npz, atomic_write_json, frame_records,
+                          load_npz, read_json)
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
-from .panel import (BASES, SeriesData, Windows, check_panel, concat_windows, default_input_size, design, exog_stats,
+from .panel import (BASES, cv_cutoffs, SeriesData, Windows, check_panel, concat_windows, default_input_size, design, exog_stats,
                                panel_freq, part_windows, prepare_series, season_length_for, series_windows, tail_length)
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
@@ -28,7 +29,7 @@ from .training import network_outputs, train_network
 # %% auto #0
 __all__ = ['CELLS', 'AUTO', 'ENSEMBLE', 'BASE_ONLY', 'BASE_CHOOSER', 'DEFAULT_ALIAS', 'DEFAULT_UNITS', 'DEFAULT_LOSS',
            'DEFAULT_LEARNING_RATE', 'DEFAULT_BATCH_SIZE', 'DEFAULT_MAX_EPOCHS', 'DEFAULT_PATIENCE', 'DEFAULT_SPLINE',
-           'ESTIMATOR_FILE', 'STATE_FILE', 'SplineLSTM', 'cv_cutoffs']
+           'ESTIMATOR_FILE', 'STATE_FILE', 'SplineLSTM']
 
 # %% ../../nbs/lab/13e_estimator.ipynb #9910bb10
 CELLS = ("lstm", "gru", "attention_lstm")     # recurrent cells of tsfm_wb.lab.models
@@ -193,10 +194,6 @@ def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: d
     return cands, min(cands, key=lambda c: c["score"]), data
 
 # %% ../../nbs/lab/13e_estimator.ipynb #928ebec5
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    "Rows as JSON-ready dicts (NaN -> None)."
-    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
-
 @patch
 def _final_models(self: SplineLSTM, chosen: dict[str, Any], full: list[SeriesData], L: int, m: int,
                   stats: dict[str, list[float]]) -> tuple[list[Any], int]:
@@ -241,7 +238,7 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
         "training": [{"candidate": c["name"], "seed": mm["seed"], **overfit_signal(mm["history"]),
                       "final_loss": mm["history"]["loss"][-1], "best_val_loss": min(mm["history"]["val_loss"])}
                      for c in cands if c["cell"] != ENSEMBLE for mm in c["members"]],
-        "diagnostics": _records(quality), "calibration_n": np.isfinite(scores).sum(axis=0).tolist(),
+        "diagnostics": frame_records(quality), "calibration_n": np.isfinite(scores).sum(axis=0).tolist(),
         "fit_seconds": round(time.perf_counter() - t0, 3)}
     return self
 
@@ -323,12 +320,6 @@ def predict(self: SplineLSTM, h: int | None = None, futr_df: pd.DataFrame | None
     return out
 
 # %% ../../nbs/lab/13e_estimator.ipynb #918a2dc2
-def cv_cutoffs(grid: pd.DatetimeIndex, h: int, n_windows: int, step_size: int) -> list[pd.Timestamp]:
-    "The cutoffs of rolling-origin windows on one series' grid: the last is h steps before its end."
-    idx = [len(grid) - 1 - h - (n_windows - 1 - i) * step_size for i in range(n_windows)]
-    if idx[0] < 1: raise DataValidationError(f"{len(grid)} grid steps are too few for {n_windows} windows of h={h}, step_size={step_size}")
-    return [grid[i] for i in idx]
-
 @patch
 def fit_summary(self: SplineLSTM) -> dict[str, Any]:
     "The fitted choice with every candidate's score, members, window counts, training and data diagnostics, seconds."

@@ -14,7 +14,7 @@ import pandas as pd
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..core import ConfigError, DataValidationError, StrictModel, _format_validation_error
-from ..data import parse_freq
+from ..freq import parse_freq
 from .spline import NotFittedError
 
 # %% auto #0

@@ -14,14 +14,15 @@ import numpy as np
 import pandas as pd
 
 from ..core import ConfigError, DataValidationError
-from ..data import infer_freq, parse_freq, to_pandas_freq, validate_series_frame
+from ..data import validate_series_frame
+from ..freq import infer_freq, parse_freq, to_pandas_freq
 from .spline import SplinePreprocessor, SplineResult, regular_grid
 
 # %% auto #0
 __all__ = ['BASES', 'SCALE_FLOOR_REL', 'SCALE_FLOOR_ABS', 'VAL_FRACTION', 'season_length_for', 'check_panel', 'panel_freq',
            'SeriesData', 'prepare_series', 'Windows', 'window_ends', 'series_windows', 'concat_windows',
            'select_windows', 'window_scale', 'base_forecast', 'scale_windows', 'tail_length', 'default_input_size',
-           'part_windows', 'exog_stats', 'design']
+           'part_windows', 'exog_stats', 'design', 'cv_cutoffs']
 
 # %% ../../nbs/lab/13a_panel.ipynb #823fd973
 BASES = ("last", "seasonal", "seasonal_level")   # what the network's scaled offsets are added to
@@ -225,3 +226,10 @@ def design(w: Windows, h: int, base: str, m: int, stats: dict[str, list[float]])
     if w.D.shape[2]: chans.append((w.D - np.asarray(stats["dyn_mean"])) / np.asarray(stats["dyn_std"]))
     if w.S.shape[1]: chans.append(np.repeat(((w.S - np.asarray(stats["stat_mean"])) / np.asarray(stats["stat_std"]))[:, None], x.shape[1], 1))
     return np.concatenate(chans, axis=2).astype(np.float32), s, b
+
+# %% ../../nbs/lab/13a_panel.ipynb #c505eb91
+def cv_cutoffs(grid: pd.DatetimeIndex, h: int, n_windows: int, step_size: int) -> list[pd.Timestamp]:
+    "The cutoffs of rolling-origin windows on one series' grid: the last is h steps before its end."
+    idx = [len(grid) - 1 - h - (n_windows - 1 - i) * step_size for i in range(n_windows)]
+    if idx[0] < 1: raise DataValidationError(f"{len(grid)} grid steps are too few for {n_windows} windows of h={h}, step_size={step_size}")
+    return [grid[i] for i in idx]

@@ -15,7 +15,7 @@ import pandas as pd
 from fastcore.basics import patch
 
 from ..core import ConfigError, DataValidationError
-from ..data import infer_freq, to_pandas_freq
+from ..freq import infer_freq, to_pandas_freq
 from .spline import NotFittedError, SplinePreprocessor, SplineResult, regular_grid
 from .features import (SCALERS, ColumnScaler, CovariateSchema, calendar_features, load_covariate_schema,
                                   make_windows, scaler_from_dict, split_by_time, validate_frame_against_schema,

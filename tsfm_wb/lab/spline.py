@@ -16,7 +16,7 @@ from scipy.interpolate import CubicSpline, PchipInterpolator, make_smoothing_spl
 from fastcore.basics import patch
 
 from ..core import ConfigError, DataValidationError, TsfmWbError
-from ..data import infer_freq, parse_freq, to_pandas_freq
+from ..freq import infer_freq, parse_freq, to_pandas_freq
 
 # %% auto #0
 __all__ = ['SPLINE_METHODS', 'GAP_POLICIES', 'OUTLIER_RULES', 'DEFAULT_METHOD', 'DEFAULT_MAX_GAP', 'DEFAULT_OUTLIER_Z',

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import re
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Protocol, Sequence
@@ -20,7 +19,7 @@ from scipy.special import ndtri
 
 from .baselines import EPS, baseline_forecast, inv_logit, logit, validate_quantiles
 from .conformal import UNKNOWN, ConformalCalibrator, conformal_replay, to_epoch_seconds
-from ..core import DataValidationError
+from ..core import DataValidationError, run_coroutine
 from ..metrics import coverage, interval_width, pinball_loss, winkler_score
 from .postprocess import PostprocessSettings, postprocess_quantiles
 from .tollama import TollamaAdapter, TollamaConfig
@@ -144,12 +143,6 @@ def rolling_forecasts(df: pd.DataFrame, forecaster: QuantileForecaster | BatchFo
                        np.asarray([ser[k][3] for k, _ in items]), taus, {s[0]: s[2] for s in ser}, {s[0]: s[1] for s in ser}, calls, warns)
 
 # %% ../../nbs/tsfm/27_evaluation.ipynb #0c1e5a03
-def _run_sync(coro_fn: Any, *args: Any) -> Any:
-    "Run `coro_fn(*args)` to completion, in a fresh thread when an event loop is already running (Jupyter)."
-    try: asyncio.get_running_loop()
-    except RuntimeError: return asyncio.run(coro_fn(*args))
-    with ThreadPoolExecutor(1) as ex: return ex.submit(asyncio.run, coro_fn(*args)).result()
-
 @dataclass
 class TollamaForecaster:
     "Batch forecaster backed by a tollama daemon: one multi-series request per origin, logit in, inverse logit out."
@@ -166,7 +159,7 @@ class TollamaForecaster:
     def forecast_origins(self, origins: Sequence[Sequence[SeriesContext]], horizon: int,
                          quantiles: Sequence[float]) -> tuple[list[np.ndarray], list[str]]:
         "One request per origin; per origin `q[S, H, Q]` probabilities, and every warning answered."
-        return _run_sync(self._all, origins, horizon, list(quantiles))
+        return run_coroutine(self._all, origins, horizon, list(quantiles))
 
     async def _all(self, origins: Sequence[Sequence[SeriesContext]], horizon: int, quantiles: list[float]) -> tuple[list, list]:
         "Every origin's request, `concurrency` at a time."

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, JsonValue, ValidationInfo, field_validator, model_validator
 
 from ..core import DataValidationError, StrictModel
-from ..data import freq_to_seconds, to_pandas_freq
+from ..freq import freq_to_seconds, to_pandas_freq
 
 # %% auto #0
 __all__ = ['DEFAULT_FREQ', 'DEFAULT_HORIZON_STEPS', 'MAX_HORIZON_STEPS', 'MAX_INPUT_POINTS', 'DEFAULT_QUANTILES',

@@ -17,7 +17,8 @@ from ... import __version__
 from ...core import get_logger
 from ..conformal import ConformalCalibrator
 from ..postprocess import PostprocessSettings, load_postprocess_settings
-from ..rollout import BandDecision, HealthMonitor, RolloutController, log_forecast
+from ..rollout import BandDecision, HealthMonitor, RolloutController
+from ..forecast_log import log_forecast
 from .backend import BackendPath, group_key
 from .batching import MicroBatcher
 from .feed import ConformalFeed
