@@ -13,7 +13,8 @@ from tsfm_wb.tsfm.model_server import model_server_process, serve_models
 from tsfm_wb.tsfm.schemas import FallbackReason
 from tsfm_wb.tsfm.served_models import default_registry
 from tsfm_wb.tsfm.tollama import TollamaAdapter, TollamaConfig
-from tsfm_wb.tsfm.tollama_protocol import BackendRequestError, BackendUnavailableError, ModelNotFoundError, TollamaSeries
+from tsfm_wb.tsfm.tollama_protocol import (BackendRequestError, BackendTimeoutError, BackendUnavailableError, ModelNotFoundError,
+                                          TollamaSeries)
 
 MODELS = default_registry().names()
 QUANTILES = [0.05, 0.1, 0.5, 0.9, 0.95]
@@ -106,8 +107,8 @@ def test_bearer_auth_on_every_route(srv):
 def test_timeout_is_the_daemons_503_and_the_worker_is_replaced(srv):
     before = srv.backend.pool.status()["restart_total"]
     srv.set(default_timeout_s=1.0)                      # the timeout of requests that send none
-    with pytest.raises(BackendUnavailableError) as ei:  # 30 ARIMA fits take several seconds
-        _forecast(srv.url, _series(30, n=300), "auto-arima")
+    with pytest.raises(BackendTimeoutError) as ei:      # 30 ARIMA fits take several seconds
+        _forecast(srv.url, _series(30, n=300), "auto-arima", send_daemon_timeout=False)
     assert ei.value.status_code == 503 and ei.value.detail == "runner call timed out after 1.00s"
     assert srv.backend.pool.status()["restart_total"] == before + 1, "the worker busy with the abandoned fit was not killed"
     srv.set(default_timeout_s=300.0)

@@ -227,9 +227,9 @@ def test_deadline_covers_the_retry(fake):
 def test_spent_budget_makes_no_request_and_daemon_timeout_is_optional(fake):
     e = _fail(fake, BackendTimeoutError, deadline_s=0.0)
     assert e.attempts == 1 and fake.stats.forecast_requests == 0
-    _run(fake)
+    _run(fake, send_daemon_timeout=False)
     assert "timeout" not in fake.stats.last_body
-    _run(fake, deadline_s=2.0, send_daemon_timeout=True)
+    _run(fake, deadline_s=2.0)                                    # sent by default
     assert 0 < fake.stats.last_body["timeout"] <= 2.0
 
 

@@ -16,7 +16,7 @@ __all__ = ['VERBS', 'usage', 'main']
 # %% ../nbs/61_cli.ipynb #8b9826a1
 VERBS: dict[str, tuple[str, str]] = {   # verb -> (module whose `main(argv)` runs it, one-line help)
     "serve": ("tsfm_wb.tsfm.api", "the TSFM forecast service (FastAPI + uvicorn); --tollama-url points it at a daemon"),
-    "serve-models": ("tsfm_wb.tsfm.model_server", "the embedded tollama-protocol model server (statsforecast models, mock)"),
+    "serve-models": ("tsfm_wb.tsfm.model_server", "the embedded tollama-protocol model server (statsforecast models, lab models with --lab, mock)"),
     "train": ("tsfm_wb.lab.runs", "train and evaluate spline-LSTM runs from a train config"),
     "matrix": ("tsfm_wb.experiments.matrix", "run the experiment matrix (resumable) and write its report"),
     "workbench": ("tsfm_wb.experiments.workbench", "the dataset and baseline stages of the report alone"),

@@ -27,15 +27,15 @@ from fastcore.basics import patch
 
 import tsfm_wb
 
-from ..core import BackendError, ConfigError, DataValidationError
+from ..core import BackendError, ConfigError, DataValidationError, TsfmWbError
 from .fake_tollama import FakeOptions, FakeTollama
 from .schemas import quantile_key
-from .served_models import ModelRegistry, SeriesAnswer, default_registry, model_spec
+from .served_models import LabModel, ModelRegistry, SeriesAnswer, default_registry, model_spec
 from .daemon_protocol import ForecastIn, bad_request, runner_error, start_timestamp
 
 # %% auto #0
-__all__ = ['DEFAULT_HOST', 'DEFAULT_PORT', 'Ticket', 'WorkerPool', 'ModelBackend', 'ModelServer', 'serve_models', 'main',
-           'ModelServerProcess', 'model_server_process']
+__all__ = ['DEFAULT_HOST', 'DEFAULT_PORT', 'Ticket', 'WorkerPool', 'ModelBackend', 'ModelServer', 'serve_models', 'lab_models',
+           'main', 'ModelServerProcess', 'model_server_process']
 
 # %% ../../nbs/tsfm/23b_model_server.ipynb #6dee4c6b
 _READY_TIMEOUT_S = 600.0   # a worker that is not warm after this long is given up on
@@ -288,7 +288,7 @@ def serve_models(models: Sequence[str] | None = None, port: int = 0, workers: in
 # %% ../../nbs/tsfm/23b_model_server.ipynb #b51c1eb4
 def _parser() -> argparse.ArgumentParser:
     "The command line's arguments."
-    p = argparse.ArgumentParser(prog="serve-models", description="Serve statistical models over tollama's forecast protocol.")
+    p = argparse.ArgumentParser(prog="serve-models", description="Serve statistical and lab models over tollama's forecast protocol.")
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 11435, tollama's; 0 picks a free one)")
     p.add_argument("--models", default=None, help="comma-separated model names (default: all of " + ", ".join(default_registry().names()) + ")")
@@ -297,7 +297,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="model worker processes (default 2)")
     p.add_argument("--timeout", type=float, default=FakeOptions().default_timeout_s, help="timeout (s) of requests that send none")
     p.add_argument("--no-warm", action="store_true", help="do not warm the models when a worker starts")
+    p.add_argument("--lab", action="append", default=[], metavar="NAME=PATH",
+                   help="serve the exported lab estimator at PATH (export_served folder or its run directory) as NAME; repeatable")
     return p
+
+def lab_models(specs: Sequence[str]) -> list[LabModel]:
+    "`LabModel`s of `--lab NAME=PATH` arguments; a `ConfigError` names a malformed one."
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not (sep and name.strip() and path.strip()): raise ConfigError(f"--lab {spec!r}: write NAME=PATH, e.g. --lab lab-gru=runs/gru/served")
+        out.append(LabModel(name.strip(), path.strip()))
+    return out
 
 def main(argv: Sequence[str] | None = None) -> int:
     "Serve models until SIGINT/SIGTERM; exit status 2 on a configuration error."
@@ -307,8 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         reg = default_registry()
         reg = reg.select([m.strip() for m in a.models.split(",") if m.strip()]) if a.models else reg
+        for m in lab_models(a.lab): reg.register(m)
         server = ModelServer(reg, a.port, a.workers, not a.no_warm, a.host, api_key=token, default_timeout_s=a.timeout)
-    except ConfigError as e: print(f"error: {e}", file=sys.stderr); return 2
+    except TsfmWbError as e: print(f"error: {e}", file=sys.stderr); return 2   # a bad setting or a bad exported model
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *_: stop.set())
     with server:

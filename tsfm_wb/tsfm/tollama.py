@@ -46,7 +46,7 @@ class TollamaConfig(StrictModel):
     base_url: str = Field(DEFAULT_TOLLAMA_URL, pattern=r"^https?://")
     endpoint: Literal["/v1/forecast", "/api/forecast"] = "/v1/forecast"
     stream: bool = Field(False, description="NDJSON streaming; only with endpoint /api/forecast")
-    deadline_s: float = Field(1.2, gt=0.0, le=600.0, description="budget of one call, retries and backoff included")
+    deadline_s: float = Field(1.2, gt=0.0, description="budget of one call, retries and backoff included")
     connect_timeout_s: float = Field(0.25, gt=0.0)
     max_retries: int = Field(1, ge=0, le=3)
     backoff_base_s: float = Field(0.1, ge=0.0)
@@ -58,7 +58,7 @@ class TollamaConfig(StrictModel):
     api_key: SecretStr | None = None
     api_key_env: str | None = Field("TOLLAMA_API_KEY", description="read the key from this variable when api_key is unset")
     keep_alive: str | None = None
-    send_daemon_timeout: bool = Field(False, description="send the remaining budget as the daemon's `timeout`")
+    send_daemon_timeout: bool = Field(True, description="send the remaining budget as the daemon's `timeout`")
     health_path: str = "/v1/health"
     health_timeout_s: float = Field(0.5, gt=0.0)
 

@@ -96,6 +96,8 @@ def error_from_response(status: int, body: bytes, headers: httpx.Headers, where:
         return BackendHTTPError(f"{msg}; the route does not exist: check base_url and endpoint", **kw)
     if status == 409: return BackendLicenseError(msg, **kw)
     if status == 429: return BackendRateLimitError(msg, retryable=True, **kw)
+    if status == 503 and text.startswith("runner call timed out after"):   # the daemon kept the `timeout` it was sent
+        return BackendTimeoutError(msg, **kw)
     if status == 503: return BackendUnavailableError(msg, retryable=True, **kw)
     if status in (401, 403): return BackendAuthError(msg, **kw)
     if status in (400, 413, 422): return BackendRequestError(msg, **kw)

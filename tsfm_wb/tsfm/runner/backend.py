@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Callable, Literal
 
 import numpy as np
 from fastcore.basics import patch
@@ -31,7 +31,7 @@ __all__ = ['SPLIT_REASONS', 'reason_of', 'series_ids', 'model_space', 'group_key
 
 # %% ../../../nbs/tsfm/runner/36_backend.ipynb #551bd369
 _log = get_logger("runner")
-SPLIT_REASONS = frozenset({FallbackReason.TIMEOUT, FallbackReason.BAD_RESPONSE, FallbackReason.ADAPTER_ERROR,
+SPLIT_REASONS = frozenset({FallbackReason.BAD_RESPONSE, FallbackReason.ADAPTER_ERROR,
                            FallbackReason.REQUEST_REJECTED})   # failures one bad series (or a too-big batch) can cause
 
 def reason_of(e: BaseException) -> FallbackReason:
@@ -75,10 +75,16 @@ class BackendPath:
     "Backend calls under the circuit breaker, single or batched; every failure becomes a stale answer or a baseline."
     def __init__(self, adapter: TollamaAdapter, breaker: CircuitBreaker, cache: ForecastCache, metrics: RunnerMetrics,
                  responses: ResponseBuilder, batch_deadline_s: float = 5.0, *, limiter: AdaptiveLimiter | None = None,
-                 batcher: MicroBatcher | None = None, auth: AuthBackoff | None = None, wait_s: float = 1.0):
+                 batcher: MicroBatcher | None = None, auth: AuthBackoff | None = None, wait_s: float = 1.0,
+                 deadlines: Callable[[str], float | None] | None = None):
         self.adapter, self.breaker, self.cache, self.metrics, self.responses = adapter, breaker, cache, metrics, responses
         self.batch_deadline_s, self.limiter, self.batcher, self.wait_s = batch_deadline_s, limiter, batcher, wait_s
-        self.auth = auth or AuthBackoff()
+        self.auth, self.deadlines = auth or AuthBackoff(), deadlines
+
+    def deadline_for(self, model_name: str, default: float | None) -> float | None:
+        "The model's own call budget when `deadlines` gives one, else `default` (None: the adapter's)."
+        own = self.deadlines(model_name) if self.deadlines is not None else None
+        return default if own is None else own
 
     def fallback(self, job: Job, reason: FallbackReason, detail: str, cache: bool = False) -> TSFMForecastResponse:
         "A baseline answer for `job`, saying why; cached when `cache` (policy reasons depend only on the request)."
@@ -128,6 +134,7 @@ async def _call(self: BackendPath, jobs: list[Job], deadline_s: float | None,
                 request_id: str | None) -> tuple[dict[str, np.ndarray], TollamaForecast, list[str]]:
     "One tollama request for `jobs`: probability bands q[H, Q] by job key, the raw answer, the series ids."
     req, ids = jobs[0].sliced, series_ids(jobs)
+    deadline_s = self.deadline_for(req.model.model_name, deadline_s)
     series = [TollamaSeries.from_request(j.sliced, values=model_space(j.sliced), series_id=sid) for j, sid in zip(jobs, ids)]
     self.metrics.inc("tsfm_backend_calls_total", kind="batch" if len(jobs) > 1 else "single")
     self.metrics.observe("tsfm_batch_size", len(jobs), buckets=SIZE_BUCKETS)

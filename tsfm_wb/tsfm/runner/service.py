@@ -62,9 +62,11 @@ class TSFMRunner:
         self.limiter = AdaptiveLimiter(cfg.limiter, on_wait=lambda s: self.metrics.observe("tsfm_limiter_wait_seconds", s))
         auth = AuthBackoff(cfg.breaker.misconfigured_backoff_s, cfg.breaker.misconfigured_backoff_max_s, clock)
         self.backend = BackendPath(self.adapter, self.breaker, self.cache, self.metrics, self.responses, cfg.cycle.batch_deadline_s,
-                                   limiter=self.limiter, auth=auth, wait_s=cfg.limiter.wait_s)
+                                   limiter=self.limiter, auth=auth, wait_s=cfg.limiter.wait_s,
+                                   deadlines=self.guard.registry.deadline_s)   # each model's own budget, where the registry sets one
         if cfg.batching.enabled:
-            self.backend.batcher = MicroBatcher.from_settings(self.backend.run_micro_batch, cfg.batching, self.limiter,
+            batching = cfg.batching.capped(self.guard.registry.max_series_by_model())     # no batch above a model's max_series
+            self.backend.batcher = MicroBatcher.from_settings(self.backend.run_micro_batch, batching, self.limiter,
                                                               model_of=lambda key: key[1], permit_timeout_s=cfg.limiter.wait_s)
         self.modes = FallbackRateSwitch(cfg.modes, clock)
         self._coalescer = Coalescer()
@@ -288,7 +290,8 @@ async def run_cycle(self: TSFMRunner, requests: list[TSFMForecastRequest], batch
         else: todo[j.key] = j
     groups: dict[tuple, list[Job]] = {}
     for j in todo.values(): groups.setdefault(group_key(j.sliced), []).append(j)
-    chunks = [g[i:i + cfg.chunk_size] for g in groups.values() for i in range(0, len(g), cfg.chunk_size)]
+    size = {k: min(cfg.chunk_size, self.guard.registry.max_series(k[1]) or cfg.chunk_size) for k in groups}   # the model's max_series
+    chunks = [g[i:i + size[k]] for k, g in groups.items() for i in range(0, len(g), size[k])]
     sem = asyncio.Semaphore(cfg.batch_concurrency)
     async def run(chunk: list[Job]) -> None:
         async with sem: await self.backend.answer_batch(chunk, done)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 from pydantic import Field, model_validator
 
@@ -99,6 +99,11 @@ class BatchSettings(StrictModel):
     def cap(self, model_name: str) -> int:
         "The largest batch for `model_name`."
         return max(1, self.max_batch_by_model.get(model_name, self.max_batch))
+
+    def capped(self, max_series: Mapping[str, int]) -> BatchSettings:
+        "A copy whose batch for each model in `max_series` (the models registry's) is at most that many series."
+        return self.model_copy(update={"max_batch_by_model": {**self.max_batch_by_model,
+                                                              **{m: min(self.cap(m), n) for m, n in max_series.items()}}})
 
 class ModeSettings(StrictModel):
     "When the service switches to baseline-only by itself, and when it comes back."
