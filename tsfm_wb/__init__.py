@@ -27,6 +27,7 @@ _FRONT_DOOR: dict[str, str] = {
     **_names("tsfm_wb.backtest", "make_baseline", "backtest_baseline", "walk_forward_splits"),
     **_names("tsfm_wb.lab.train", "TrainConfig", "run_experiment"),
     **_names("tsfm_wb.lab.runs", "load_run"),
+    **_names("tsfm_wb.lab.estimator", "SplineLSTM"),
     **_names("tsfm_wb.lab.edge_gate", "edge_gate", "load_gate"),
     **_names("tsfm_wb.tsfm.schemas", "TSFMForecastRequest", "TSFMForecastResponse"),
     **_names("tsfm_wb.tsfm.tollama", "TollamaAdapter", "TollamaConfig", "load_tollama_config"),
