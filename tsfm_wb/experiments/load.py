@@ -34,7 +34,7 @@ from ..tsfm.runner.settings import RunnerConfig
 # %% auto #0
 __all__ = ['LOAD_DIR', 'LoadSettings', 'scenario_config', 'DaemonControl', 'cpu_seconds', 'Answer', 'Connection', 'drive',
            'summarize', 'backend_figures', 'unique_bodies', 'scenario_throughput', 'scenario_outage', 'post_big',
-           'peak_rss_mb', 'scenario_big_body', 'arun_load', 'render_load', 'run_load', 'main']
+           'peak_rss_mb', 'scenario_big_body', 'daemon_bound_rps', 'arun_load', 'render_load', 'run_load', 'main']
 
 # %% ../../nbs/experiments/55_load.ipynb #8707ca99
 LOAD_DIR = "reports/bench"
@@ -221,9 +221,10 @@ async def scenario_throughput(s: LoadSettings, bodies: Sequence[bytes], override
     try:
         with _service(d.url, s, overrides, folder) as svc:
             await drive(svc.url, unique_bodies(bodies[:20], 20, "warm"), 4)
-            c0, t0 = cpu_seconds(svc.pid), time.perf_counter()
+            c0, t0, load0 = cpu_seconds(svc.pid), time.perf_counter(), os.getloadavg()[0]
             answers = await drive(svc.url, bodies, s.concurrency)
             out = summarize(answers, time.perf_counter() - t0, cpu_seconds(svc.pid) - c0)
+            out["load_avg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]   # the machine's load, start and end
             return {**out, **backend_figures(httpx.get(f"{svc.url}/metrics", timeout=30).text)}
     finally: d.stop()
 
@@ -293,6 +294,10 @@ async def scenario_big_body(s: LoadSettings, bodies: Sequence[bytes], overrides:
             "big_answer_ms_max": round(max(t for _, t in big) * 1000, 1), "server_peak_rss_mb": round(rss, 1)}
 
 # %% ../../nbs/experiments/55_load.ipynb #d90938fa
+def daemon_bound_rps(s: LoadSettings) -> float:
+    "The most answers/s the one-at-a-time daemon can give `concurrency` clients: one call of `concurrency` series at a time."
+    return s.concurrency / (s.latency_s + s.concurrency * s.per_series_cost_s)
+
 async def arun_load(s: LoadSettings) -> dict[str, Any]:
     "Every scenario, each in a fresh service process; the report."
     reqs = bench_requests(s.n_requests, s.n_points, s.seed, tag="load-")
@@ -306,6 +311,7 @@ async def arun_load(s: LoadSettings) -> dict[str, Any]:
             on, off = out["distinct"], out["distinct_off"]
             out["throughput_ratio"] = round(on["throughput_rps"] / off["throughput_rps"], 2)
             out["model_throughput_ratio"] = round(on["model_rps"] / off["model_rps"], 2) if off["model_rps"] else None
+            out["daemon_bound_rps"] = round(daemon_bound_rps(s), 1)
         out["mixed"] = await scenario_throughput(s, mixed, s.overrides, folder)
         out["outage"] = await scenario_outage(s, bodies, s.overrides, folder)
         out["big_body"] = await scenario_big_body(s, bodies, s.overrides, folder)
@@ -315,13 +321,20 @@ def render_load(r: dict[str, Any]) -> str:
     "The report as markdown."
     rows = [(k, r[k]) for k in ("distinct", "distinct_off", "mixed") if k in r]
     lines = ["# Service under load", "", "| load | requests | model share | throughput (req/s) | model answers/s | p50 ms | p95 ms | "
-             "p99 ms | server CPU s/request | backend calls | series/call | fallbacks |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "p99 ms | server CPU s/request | backend calls | series/call | fallbacks | load avg 1 min (start, end) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {k} | {v['requests']} | {v['model_share']} | {v['throughput_rps']} | {v.get('model_rps')} | {v['p50_ms']} | {v['p95_ms']} | "
-              f"{v['p99_ms']} | {v['server_cpu_s_per_request']} | {v.get('backend_calls')} | {v.get('mean_batch')} | {v['fallback_reasons']} |"
+              f"{v['p99_ms']} | {v['server_cpu_s_per_request']} | {v.get('backend_calls')} | {v.get('mean_batch')} | {v['fallback_reasons']} | {v.get('load_avg_1m')} |"
               for k, v in rows]
     if "throughput_ratio" in r:
         lines += ["", f"Throughput ratio, as configured / counterpart (`distinct_off`), measured in the same run: all answers "
                       f"**{r['throughput_ratio']}**, model answers **{r['model_throughput_ratio']}**."]
+        if "daemon_bound_rps" in r:
+            bound = r["daemon_bound_rps"]
+            lines += ["", f"The daemon bounds any configuration at this concurrency to {bound} answers/s (one call at a time, at most "
+                          f"one series per client in it), so the all-answers ratio cannot exceed "
+                          f"{round(bound / r['distinct_off']['throughput_rps'], 1)} against this counterpart, whose own "
+                          f"answers include the baselines it sheds after `limiter.wait_s`."]
     o, b = r["outage"], r["big_body"]
     lines += ["", "## Daemon killed and restarted under load", "",
               f"Killed at {o['killed_at_s']} s, healthy again at {o['healthy_at_s']} s; model answers resumed "
