@@ -88,7 +88,7 @@ bench: install ## benchmarks: runner in-process, service under load over HTTP, k
 	$(PY) -m tsfm_wb.experiments.load
 	$(PY) -m tsfm_wb.experiments.durability
 
-FUZZ_EXAMPLES ?= 5000
+FUZZ_EXAMPLES ?= 7000
 fuzz: install ## long schemathesis run against the service (>= 20,000 requests); summary in reports/fuzz/
 	$(PY) -m tsfm_wb.experiments.fuzz --examples $(FUZZ_EXAMPLES) --seed 7
 

@@ -32,9 +32,9 @@ from .fuzz import free_port, service_process
 from ..tsfm.runner.settings import RunnerConfig
 
 # %% auto #0
-__all__ = ['LOAD_DIR', 'LoadSettings', 'scenario_config', 'DaemonControl', 'cpu_seconds', 'Answer', 'drive', 'summarize',
-           'backend_figures', 'unique_bodies', 'scenario_throughput', 'scenario_outage', 'post_big', 'peak_rss_mb',
-           'scenario_big_body', 'arun_load', 'render_load', 'run_load', 'main']
+__all__ = ['LOAD_DIR', 'LoadSettings', 'scenario_config', 'DaemonControl', 'cpu_seconds', 'Answer', 'Connection', 'drive',
+           'summarize', 'backend_figures', 'unique_bodies', 'scenario_throughput', 'scenario_outage', 'post_big',
+           'peak_rss_mb', 'scenario_big_body', 'daemon_bound_rps', 'arun_load', 'render_load', 'run_load', 'main']
 
 # %% ../../nbs/experiments/55_load.ipynb #8707ca99
 LOAD_DIR = "reports/bench"
@@ -122,28 +122,64 @@ class Answer:
     runtime: str | None = None
     reason: str | None = None
 
-async def _post(client: httpx.AsyncClient, body: bytes) -> Answer:
+_HEAD = b"POST /tsfm/forecast HTTP/1.1\r\nHost: load\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+class Connection:
+    "One keep-alive HTTP/1.1 connection that POSTs forecast requests: a client light on CPU (it shares the machine)."
+    def __init__(self, url: str, timeout_s: float = 60.0):
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
+        self.host, self.port, self.timeout_s, self._rw = host, int(port), timeout_s, None
+
+    async def _exchange(self, body: bytes) -> tuple[int, bytes]:
+        if self._rw is None: self._rw = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._rw
+        writer.writelines((_HEAD % len(body), body)); await writer.drain()
+        line = await reader.readline()
+        if not line.startswith(b"HTTP/"): raise ConnectionError("connection closed before the status line")
+        status, length, close = int(line.split()[1]), 0, False
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            k, _, v = line.partition(b":"); k, v = k.strip().lower(), v.strip().lower()
+            if k == b"content-length": length = int(v)
+            elif k == b"transfer-encoding": raise ConnectionError(f"unexpected transfer-encoding {v!r}")
+            elif k == b"connection": close = v == b"close"
+        data = await reader.readexactly(length)
+        if close: self.close()
+        return status, data
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        "(status, body) of one POST of `body` to `/tsfm/forecast`; a transport error closes the connection and raises `OSError`."
+        try:
+            async with asyncio.timeout(self.timeout_s): return await self._exchange(body)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
+            self.close(); raise ConnectionError(f"{type(e).__name__}: {e}") from None
+
+    def close(self) -> None:
+        "Close the connection (the next `post` opens a new one)."
+        if self._rw is not None: self._rw[1].close(); self._rw = None
+
+async def _post(conn: Connection, body: bytes) -> Answer:
     "POST one forecast request; a transport error is recorded as status 0."
     t = time.perf_counter()
-    try: r = await client.post("/tsfm/forecast", content=body, headers={"content-type": "application/json"})
-    except httpx.HTTPError: return Answer(t, time.perf_counter(), 0)
-    a = Answer(t, time.perf_counter(), r.status_code)
-    if r.status_code == 200:
-        meta = r.json()["meta"]; a.runtime, a.reason = meta["runtime"], meta["fallback_reason"]
+    try: status, data = await conn.post(body)
+    except OSError: return Answer(t, time.perf_counter(), 0)
+    a = Answer(t, time.perf_counter(), status)
+    if status == 200:
+        meta = json.loads(data)["meta"]; a.runtime, a.reason = meta["runtime"], meta["fallback_reason"]
     return a
 
 async def drive(url: str, bodies: Sequence[bytes], concurrency: int, until: float | None = None) -> list[Answer]:
     "Send `bodies` (cycling through them until `until`, a perf_counter time, when given) with `concurrency` in flight."
     out: list[Answer] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0, trust_env=False) as client:
-        nxt = iter(range(10**9))
-        async def worker() -> None:
+    nxt = iter(range(10**9))
+    async def worker() -> None:
+        conn = Connection(url)
+        try:
             while True:
                 i = next(nxt)
                 if (until is None and i >= len(bodies)) or (until is not None and time.perf_counter() >= until): return
-                out.append(await _post(client, bodies[i % len(bodies)]))
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+                out.append(await _post(conn, bodies[i % len(bodies)]))
+        finally: conn.close()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return out
 
 def summarize(answers: Sequence[Answer], wall_s: float, cpu_s: float | None = None) -> dict[str, Any]:
@@ -185,9 +221,10 @@ async def scenario_throughput(s: LoadSettings, bodies: Sequence[bytes], override
     try:
         with _service(d.url, s, overrides, folder) as svc:
             await drive(svc.url, unique_bodies(bodies[:20], 20, "warm"), 4)
-            c0, t0 = cpu_seconds(svc.pid), time.perf_counter()
+            c0, t0, load0 = cpu_seconds(svc.pid), time.perf_counter(), os.getloadavg()[0]
             answers = await drive(svc.url, bodies, s.concurrency)
             out = summarize(answers, time.perf_counter() - t0, cpu_seconds(svc.pid) - c0)
+            out["load_avg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]   # the machine's load, start and end
             return {**out, **backend_figures(httpx.get(f"{svc.url}/metrics", timeout=30).text)}
     finally: d.stop()
 
@@ -257,6 +294,10 @@ async def scenario_big_body(s: LoadSettings, bodies: Sequence[bytes], overrides:
             "big_answer_ms_max": round(max(t for _, t in big) * 1000, 1), "server_peak_rss_mb": round(rss, 1)}
 
 # %% ../../nbs/experiments/55_load.ipynb #d90938fa
+def daemon_bound_rps(s: LoadSettings) -> float:
+    "The most answers/s the one-at-a-time daemon can give `concurrency` clients: one call of `concurrency` series at a time."
+    return s.concurrency / (s.latency_s + s.concurrency * s.per_series_cost_s)
+
 async def arun_load(s: LoadSettings) -> dict[str, Any]:
     "Every scenario, each in a fresh service process; the report."
     reqs = bench_requests(s.n_requests, s.n_points, s.seed, tag="load-")
@@ -270,6 +311,7 @@ async def arun_load(s: LoadSettings) -> dict[str, Any]:
             on, off = out["distinct"], out["distinct_off"]
             out["throughput_ratio"] = round(on["throughput_rps"] / off["throughput_rps"], 2)
             out["model_throughput_ratio"] = round(on["model_rps"] / off["model_rps"], 2) if off["model_rps"] else None
+            out["daemon_bound_rps"] = round(daemon_bound_rps(s), 1)
         out["mixed"] = await scenario_throughput(s, mixed, s.overrides, folder)
         out["outage"] = await scenario_outage(s, bodies, s.overrides, folder)
         out["big_body"] = await scenario_big_body(s, bodies, s.overrides, folder)
@@ -279,13 +321,20 @@ def render_load(r: dict[str, Any]) -> str:
     "The report as markdown."
     rows = [(k, r[k]) for k in ("distinct", "distinct_off", "mixed") if k in r]
     lines = ["# Service under load", "", "| load | requests | model share | throughput (req/s) | model answers/s | p50 ms | p95 ms | "
-             "p99 ms | server CPU s/request | backend calls | series/call | fallbacks |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "p99 ms | server CPU s/request | backend calls | series/call | fallbacks | load avg 1 min (start, end) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {k} | {v['requests']} | {v['model_share']} | {v['throughput_rps']} | {v.get('model_rps')} | {v['p50_ms']} | {v['p95_ms']} | "
-              f"{v['p99_ms']} | {v['server_cpu_s_per_request']} | {v.get('backend_calls')} | {v.get('mean_batch')} | {v['fallback_reasons']} |"
+              f"{v['p99_ms']} | {v['server_cpu_s_per_request']} | {v.get('backend_calls')} | {v.get('mean_batch')} | {v['fallback_reasons']} | {v.get('load_avg_1m')} |"
               for k, v in rows]
     if "throughput_ratio" in r:
         lines += ["", f"Throughput ratio, as configured / counterpart (`distinct_off`), measured in the same run: all answers "
                       f"**{r['throughput_ratio']}**, model answers **{r['model_throughput_ratio']}**."]
+        if "daemon_bound_rps" in r:
+            bound = r["daemon_bound_rps"]
+            lines += ["", f"The daemon bounds any configuration at this concurrency to {bound} answers/s (one call at a time, at most "
+                          f"one series per client in it), so the all-answers ratio cannot exceed "
+                          f"{round(bound / r['distinct_off']['throughput_rps'], 1)} against this counterpart, whose own "
+                          f"answers include the baselines it sheds after `limiter.wait_s`."]
     o, b = r["outage"], r["big_body"]
     lines += ["", "## Daemon killed and restarted under load", "",
               f"Killed at {o['killed_at_s']} s, healthy again at {o['healthy_at_s']} s; model answers resumed "

@@ -159,8 +159,8 @@ def _answer(self: BackendPath, job: Job, q: np.ndarray, fc: TollamaForecast, sid
 # %% ../../../nbs/tsfm/runner/36_backend.ipynb #6f1c2cc5
 @patch
 async def _serve(self: BackendPath, jobs: list[Job], done: dict[str, TSFMForecastResponse], permit: Permit | None,
-                 deadline: float | None, rid: str | None) -> None:
-    "One call for `jobs` under a held permit, answers into `done`; a failure splits into halves (same permit) or falls back."
+                 deadline: float | None, rid: str | None, got: list | None = None) -> None:
+    "One call for `jobs` under a held permit, answers into `done` (successes into `got` when given); a failure splits or falls back."
     if self.auth.holding():
         why = f"backend refused the service's credentials ({self.auth.last_error}); calls paused, baseline answers"
         for j in jobs: done[j.key] = self.failed(j, FallbackReason.BACKEND_MISCONFIGURED, why)
@@ -175,7 +175,7 @@ async def _serve(self: BackendPath, jobs: list[Job], done: dict[str, TSFMForecas
         reason, detail = self._record_error(e, len(jobs))
         if len(jobs) > 1 and reason in SPLIT_REASONS:
             self.metrics.inc("tsfm_batch_splits_total"); half = len(jobs) // 2
-            await self._serve(jobs[:half], done, permit, deadline, rid); await self._serve(jobs[half:], done, permit, deadline, rid)
+            for part in (jobs[:half], jobs[half:]): await self._serve(part, done, permit, deadline, rid, got)
             if permit is not None: permit.verdict = None           # several calls: no single RTT to learn from
         else:
             for j in jobs: done[j.key] = self.failed(j, reason, detail)
@@ -183,7 +183,23 @@ async def _serve(self: BackendPath, jobs: list[Job], done: dict[str, TSFMForecas
     except BaseException:
         self.breaker.release(ticket); raise
     self._settle(ticket, None, permit)
-    for j, sid in zip(jobs, ids): done[j.key] = self._answer(j, out[j.key], fc, sid)
+    answers = [(j, out[j.key], fc, sid) for j, sid in zip(jobs, ids)]
+    if got is not None: got.extend(answers)
+    else: self._build(answers, done)
+
+@patch
+def _build(self: BackendPath, answers: list[tuple[Job, np.ndarray, TollamaForecast, str]], done: dict[str, TSFMForecastResponse]) -> None:
+    "The responses of successful calls into `done`, built once the permit is back (our CPU time is not the backend's RTT)."
+    for j, q, fc, sid in answers: done[j.key] = self._answer(j, q, fc, sid)
+
+async def _serve_then_build(path: BackendPath, jobs: list[Job], done: dict[str, TSFMForecastResponse], permit: Permit | None,
+                            deadline: float | None, rid: str | None) -> None:
+    "`_serve` under `permit`, which goes back as soon as the backend calls are over; then the responses are built."
+    got: list = []
+    try: await path._serve(jobs, done, permit, deadline, rid, got)
+    finally:
+        if permit is not None: permit.release()
+    path._build(got, done)
 
 @asynccontextmanager
 async def _permit(path: BackendPath, size: int) -> AsyncIterator[Permit | None]:
@@ -205,7 +221,7 @@ async def answer(self: BackendPath, job: Job) -> TSFMForecastResponse:
     done: dict[str, TSFMForecastResponse] = {}
     try:
         if self.batcher is not None: return await self.batcher.submit(group_key(job.sliced), job)
-        async with _permit(self, 1) as permit: await self._serve([job], done, permit, None, job.request.request_id)
+        async with _permit(self, 1) as permit: await _serve_then_build(self, [job], done, permit, None, job.request.request_id)
     except LimiterTimeout as e: self._overloaded([job], e, done)
     return done[job.key]
 
@@ -213,7 +229,7 @@ async def answer(self: BackendPath, job: Job) -> TSFMForecastResponse:
 async def run_micro_batch(self: BackendPath, key: tuple, jobs: list[Job], permit: Permit | None) -> list[TSFMForecastResponse]:
     "The batcher's run: one call for the concurrent jobs of one group key, under the permit the batcher holds."
     done: dict[str, TSFMForecastResponse] = {}
-    await self._serve(jobs, done, permit, None, f"batch-{uuid.uuid4().hex[:12]}" if len(jobs) > 1 else jobs[0].request.request_id)
+    await _serve_then_build(self, jobs, done, permit, None, f"batch-{uuid.uuid4().hex[:12]}" if len(jobs) > 1 else jobs[0].request.request_id)
     return [done[j.key] for j in jobs]
 
 @patch
@@ -221,5 +237,5 @@ async def answer_batch(self: BackendPath, jobs: list[Job], done: dict[str, TSFMF
     "Answer a cycle's chunk `jobs` with one request into `done` (by job key), under a permit of the shared limiter."
     try:
         async with _permit(self, len(jobs)) as permit:
-            await self._serve(jobs, done, permit, self.batch_deadline_s if len(jobs) > 1 else None, f"cycle-{uuid.uuid4().hex[:12]}")
+            await _serve_then_build(self, jobs, done, permit, self.batch_deadline_s if len(jobs) > 1 else None, f"cycle-{uuid.uuid4().hex[:12]}")
     except LimiterTimeout as e: self._overloaded(jobs, e, done)

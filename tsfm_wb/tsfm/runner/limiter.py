@@ -68,9 +68,13 @@ class FixedLimit:
 # %% ../../../nbs/tsfm/runner/31a_limiter.ipynb #2cae5c06
 class Permit:
     "Permission for one backend call; report `success()` or `dropped()` before it is released."
-    __slots__ = ("_limiter", "size", "granted_at", "verdict")
+    __slots__ = ("_limiter", "size", "granted_at", "verdict", "released")
     def __init__(self, limiter: AdaptiveLimiter, size: int, granted_at: float):
-        self._limiter, self.size, self.granted_at, self.verdict = limiter, size, granted_at, None
+        self._limiter, self.size, self.granted_at, self.verdict, self.released = limiter, size, granted_at, None, False
+
+    def release(self) -> None:
+        "Give the permit back now, as soon as the backend has answered (later releases of it do nothing)."
+        self._limiter._release(self)
 
     def success(self) -> None:
         "The call succeeded: its RTT (since the permit was granted) is a latency sample."
@@ -119,7 +123,10 @@ class AdaptiveLimiter:
             if not fut.done(): self.in_flight += 1; fut.set_result(None)
 
     def _release(self, permit: Permit | None) -> None:
-        "Return a permit (learning from its verdict) and wake waiters."
+        "Return a permit (learning from its verdict) and wake waiters; a permit already returned is ignored."
+        if permit is not None:
+            if permit.released: return
+            permit.released = True
         self.in_flight -= 1
         if permit is not None and permit.verdict is not None:
             dropped = permit.verdict == "dropped"
