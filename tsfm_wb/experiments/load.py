@@ -51,7 +51,7 @@ class LoadSettings(StrictModel):
     outage_s: float = Field(10.0, gt=0)            # ... the daemon is down this long (from t = 10 s)
     big_body_mb: float = Field(50.0, gt=1)
     seed: int = 0
-    base_config: str = "configs/runner.yaml"
+    base_config: str | None = None                                # a runner YAML to start from; None: the built-in defaults
     overrides: dict[str, Any] = Field(default_factory=dict)       # the configuration measured
     overrides_off: dict[str, Any] | None = Field(default_factory=lambda: {"batching": {"enabled": False}})  # its counterpart
     out_dir: str = LOAD_DIR
@@ -62,10 +62,10 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     for k, v in extra.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
-def scenario_config(base: str | Path, overrides: dict[str, Any], folder: str | Path) -> Path:
-    "A runner config file in `folder`: `base` with `overrides`, its paths made absolute."
-    base = Path(base)
-    data = resolve_config_paths(_merge(read_yaml(base), overrides), RunnerConfig, base.parent)
+def scenario_config(base: str | Path | None, overrides: dict[str, Any], folder: str | Path) -> Path:
+    "A runner config file in `folder`: `base` (None: the built-in defaults) with `overrides`, its paths made absolute."
+    if base is None: data = _merge({}, overrides)
+    else: data = resolve_config_paths(_merge(read_yaml(Path(base)), overrides), RunnerConfig, Path(base).parent)
     out = Path(folder) / f"runner-{abs(hash(json.dumps(overrides, sort_keys=True))) % 10**8}.yaml"
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
