@@ -135,3 +135,14 @@ def test_the_service_starts_with_one_flag_pointing_at_a_daemon(installed):
     finally:
         for p in (service, fake):
             if p is not None: p.terminate(); p.wait(timeout=30)
+
+
+def test_plain_papermill_runs_a_matrix_notebook(tmp_path: Path):
+    """`papermill in.ipynb out.ipynb -p k v`, no -k and no --language: the notebook names its kernel and language."""
+    config = {"config": {"backend": "baseline", "dataset": "polymarket", "horizon": 6, "min_context": 16, "seeds": [0],
+                         "calibrator": {"min_samples": 100}}}
+    cmd = [sys.executable, "-m", "papermill", str(REPO_ROOT / "nbs" / "papermill" / "tsfm_eval.ipynb"), "out.ipynb",
+           "-p", "run_dir", str(tmp_path / "run"), "-y", json.dumps(config)]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) and (tmp_path / "out.ipynb").is_file()
