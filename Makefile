@@ -85,6 +85,7 @@ serve-models: install ## the embedded tollama-protocol model server on 127.0.0.1
 
 bench: install ## benchmarks: runner in-process, service under load over HTTP, kill -9 durability; results under reports/bench/
 	$(PY) -m tsfm_wb.experiments.bench
+	$(PY) -m tsfm_wb.experiments.served_bench
 	$(PY) -m tsfm_wb.experiments.load
 	$(PY) -m tsfm_wb.experiments.durability
 

@@ -57,7 +57,9 @@ EVAL_AS_OF = "2026-01-01T00:00:00Z"        # as_of_ts of the evaluation's reques
 
 class TsfmEvalConfig(StrictModel):
     "One TSFM evaluation run: backend, model, data, rolling-origin settings, runner and calibrator overrides."
-    backend: Literal["fake", "tollama", "baseline"] = "fake"    # fake: embedded fake daemon; tollama: a running daemon; baseline: no runner
+    backend: Literal["fake", "tollama", "baseline", "model_server"] = "fake"  # fake: embedded fake daemon; tollama: a running
+    # daemon; baseline: no runner; model_server: the embedded model server (tsfm_wb.tsfm.model_server) in its own process,
+    # one multi-series request per origin (tsfm_wb.tsfm.evaluation.TollamaForecaster)
     base_url: str | None = None                                # daemon address for 'tollama' (default: configs/tsfm_runtime.yaml)
     model: str = "mock"                                        # tollama model name
     dataset: str = "polymarket"                                # a tsfm_wb.data dataset of probabilities
@@ -70,6 +72,22 @@ class TsfmEvalConfig(StrictModel):
     seeds: list[int] = [0]                                     # event-holdout seeds (pooled)
     calibrator: dict[str, Any] = {}                            # ConformalCalibrator overrides, e.g. min_samples
 
+# %% ../../nbs/experiments/51a_steps.ipynb #c8b51ebe
+def _served_forecaster(cfg: TsfmEvalConfig, freq: str, counts: dict[str, int]) -> Iterator[tuple[Any, dict[str, int]]]:
+    "A batch forecaster against the model server, started in a child process on a free port and stopped even on error."
+    from tsfm_wb.tsfm.evaluation import TollamaForecaster
+    from tsfm_wb.tsfm.model_server import model_server_process
+    with model_server_process("--models", cfg.model, "--workers", "1") as proc:
+        fc = TollamaForecaster(proc.url, cfg.model, freq, concurrency=1)
+        class Counted:
+            "Counts the served requests (one per origin) as answers of 'tollama'."
+            def forecast_origins(self, origins: Sequence[Any], horizon: int, quantiles: Sequence[float]) -> Any:
+                "Forecast every origin through the server; every origin's series count as answered."
+                out = fc.forecast_origins(origins, horizon, quantiles)
+                counts["tollama"] = counts.get("tollama", 0) + sum(len(o) for o in origins)
+                return out
+        yield Counted(), counts
+
 # %% ../../nbs/experiments/51a_steps.ipynb #cf2e53be
 @contextlib.contextmanager
 def _runner_forecaster(cfg: TsfmEvalConfig, freq: str) -> Iterator[tuple[Any, dict[str, int]]]:
@@ -79,6 +97,8 @@ def _runner_forecaster(cfg: TsfmEvalConfig, freq: str) -> Iterator[tuple[Any, di
     import numpy as np
     from tsfm_wb.tsfm.evaluation import baseline_quantiles
     counts: dict[str, int] = {}
+    if cfg.backend == "model_server":
+        yield from _served_forecaster(cfg, freq, counts); return
     if cfg.backend == "baseline":
         def base(y: Any, h: int, qs: Sequence[float]) -> Any:
             counts["baseline"] = counts.get("baseline", 0) + 1; return baseline_quantiles(y, h, qs)
