@@ -11,3 +11,21 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+import pytest  # noqa: E402  (after the environment above, which must be set before any heavy import)
+
+from tsfm_wb.tsfm.fake_tollama import FakeTollama  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One fake tollama daemon on 127.0.0.1 per test module (modules with other needs define their own)."""
+    with FakeTollama() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server: FakeTollama) -> FakeTollama:
+    """The module's fake daemon, reset to default behaviour and zero counters before each test."""
+    return server.reset()

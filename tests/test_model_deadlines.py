@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-import pytest
 
 from tsfm_wb.tsfm.fake_tollama import FakeTollama
 from tsfm_wb.tsfm.postprocess import PostprocessSettings
@@ -27,17 +26,6 @@ REGISTRY = ModelsRegistry(models={FAST: {"license_tag": "apache-2.0", "deadline_
                                   SLOW: {"license_tag": "apache-2.0", "deadline_s": 20.0, "max_series": 2}},
                           prod={"allowed_models": [FAST, SLOW]})
 UNBATCHED = {"batching": {"enabled": False}, "limiter": {"algorithm": "fixed", "initial_limit": 64}}
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeTollama() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeTollama) -> FakeTollama:
-    return server.reset()
 
 
 def market(i: int, model: str = FAST, n: int = 64) -> TSFMForecastRequest:

@@ -36,17 +36,6 @@ class Clock:
     def __call__(self) -> float: return self.t
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeTollama() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeTollama) -> FakeTollama:
-    return server.reset()
-
-
 def market(i: int, n: int = 64, **kw: Any) -> TSFMForecastRequest:
     """A 5-minute market ending at T_END whose last value identifies it."""
     y = 0.5 + 0.3 * np.sin(np.arange(n) / 9 + i)
