@@ -28,7 +28,7 @@ from tsfm_wb.tsfm.runner.settings import RunnerConfig
 from tsfm_wb.tsfm.schemas import TSFMForecastResponse
 from tsfm_wb.tsfm.tollama import TollamaAdapter, TollamaConfig
 
-from test_runner import Clock, fake, market, server  # noqa: F401  (fixtures `server`, `fake`: the fake daemon, reset per test)
+from test_runner import Clock, market  # the fake daemon fixtures `server` and `fake` come from conftest
 
 T_END = datetime(2026, 2, 20, 12, tzinfo=timezone.utc)
 REGISTRY = ModelsRegistry(models={"chronos2": {"license_tag": "apache-2.0"}}, prod={"allowed_models": ["chronos2"]})
