@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import yaml
-from pydantic import Field
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..core import BackendError, StrictModel, atomic_write_json, atomic_write_text
 from .bench import bench_requests
@@ -36,13 +36,13 @@ __all__ = ['DurabilitySettings', 'stepping_bodies', 'store_counts', 'one_round',
 # %% ../../nbs/experiments/56_durability.ipynb #bb5fec84
 class DurabilitySettings(StrictModel):
     "How the kill test runs."
-    rounds: int = Field(10, ge=1)
-    workers: int = Field(2, ge=1)
-    n_markets: int = Field(40, ge=1)
-    steps: int = Field(60, ge=2)
-    concurrency: int = Field(8, ge=1)
-    min_load_s: float = Field(1.5, gt=0)
-    max_load_s: float = Field(5.0, gt=0)
+    rounds: PositiveInt = 10              # kills, one per round
+    workers: PositiveInt = 2              # service worker processes sharing the score store
+    n_markets: PositiveInt = 40           # markets whose scores are recorded
+    steps: int = Field(60, ge=2)          # requests per market, one point later each time
+    concurrency: PositiveInt = 8          # clients posting at once
+    min_load_s: PositiveFloat = 1.5       # each round's load runs a random time in [min_load_s, max_load_s]
+    max_load_s: PositiveFloat = 5.0       # ... before the kill
     seed: int = 0
     out_dir: str = "reports/bench"
 

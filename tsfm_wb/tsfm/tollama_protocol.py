@@ -26,20 +26,34 @@ __all__ = ['TollamaError', 'BackendTimeoutError', 'BackendHTTPError', 'BackendRe
 
 # %% ../../nbs/tsfm/20a_tollama_protocol.ipynb #fc6b955d
 class TollamaError(BackendError):
-    "Base of the tollama adapter's errors."
+    """Base of the tollama adapter's errors. A subclass declares, in its class statement, the fallback `reason`
+    it reports, the HTTP `statuses` that map to it and whether it is `retryable` unless told otherwise."""
     reason: ClassVar[FallbackReason] = FallbackReason.ADAPTER_ERROR
+    statuses: ClassVar[tuple[int, ...]] = ()
+    retryable_by_default: ClassVar[bool] = False
     def __init__(self, message: str, *, status_code: int | None = None, detail: Any = None, hint: str | None = None,
-                 retryable: bool = False, retry_after: float | None = None):
+                 retryable: bool | None = None, retry_after: float | None = None):
         super().__init__(message)
         self.status_code, self.detail, self.hint = status_code, detail, hint
-        self.retryable, self.retry_after = retryable, retry_after
-        self.request_id: str | None = None
+        self.retryable = self.retryable_by_default if retryable is None else retryable
+        self.retry_after, self.request_id = retry_after, None
         self.attempts, self.reached = 0, True
 
-    def __init_subclass__(cls, reason: FallbackReason | None = None, **kw: Any):
-        "Subclasses name their fallback reason in the class statement: `class X(TollamaError, reason=...)`."
+    def __init_subclass__(cls, reason: FallbackReason | None = None, statuses: tuple[int, ...] = (),
+                          retryable: bool | None = None, **kw: Any):
+        "Record what the class statement declares (see the class docstring)."
         super().__init_subclass__(**kw)
         if reason is not None: cls.reason = reason
+        if retryable is not None: cls.retryable_by_default = retryable
+        cls.statuses = statuses
+
+    @classmethod
+    def for_status(cls, status: int) -> type[TollamaError] | None:
+        "The most derived subclass that declares `status`, or None."
+        for sub in cls.__subclasses__():
+            if (found := sub.for_status(status)) is not None: return found
+            if status in sub.statuses: return sub
+        return None
 
 class BackendTimeoutError(TollamaError, reason=FallbackReason.TIMEOUT):
     "The call's deadline ran out (retries and backoff included)."
@@ -47,22 +61,22 @@ class BackendTimeoutError(TollamaError, reason=FallbackReason.TIMEOUT):
 class BackendHTTPError(TollamaError):
     "The daemon answered with an error status (500, 502, 504, or a 404 for an unknown route)."
 
-class BackendRequestError(BackendHTTPError, reason=FallbackReason.REQUEST_REJECTED):
-    "The daemon refused our request or credentials (400, 401, 403, 413, 422): retrying cannot help."
+class BackendRequestError(BackendHTTPError, reason=FallbackReason.REQUEST_REJECTED, statuses=(400, 413, 422)):
+    "The daemon refused our request (400, 413, 422) or, as the subclass below, our credentials: retrying cannot help."
 
-class BackendAuthError(BackendRequestError, reason=FallbackReason.BACKEND_MISCONFIGURED):
+class BackendAuthError(BackendRequestError, reason=FallbackReason.BACKEND_MISCONFIGURED, statuses=(401, 403)):
     "401 / 403: the daemon refused our credentials (a wrong or missing API key)."
 
 class ModelNotFoundError(BackendHTTPError, reason=FallbackReason.MODEL_NOT_FOUND):
-    "404: the model is not installed in the daemon."
+    "404 naming a model: the model is not installed in the daemon (other 404s are an unknown route)."
 
-class BackendLicenseError(BackendHTTPError, LicenseError, reason=FallbackReason.LICENSE_REFUSED):
+class BackendLicenseError(BackendHTTPError, LicenseError, reason=FallbackReason.LICENSE_REFUSED, statuses=(409,)):
     "409: the model's license has not been accepted."
 
-class BackendRateLimitError(BackendHTTPError, reason=FallbackReason.RATE_LIMITED):
-    "429: the daemon's rate limit."
+class BackendRateLimitError(BackendHTTPError, reason=FallbackReason.RATE_LIMITED, statuses=(429,), retryable=True):
+    "429: the daemon's rate limit; retried after its `Retry-After`."
 
-class BackendUnavailableError(TollamaError, reason=FallbackReason.UNAVAILABLE):
+class BackendUnavailableError(TollamaError, reason=FallbackReason.UNAVAILABLE, statuses=(503,), retryable=True):
     "The daemon cannot be reached (connection refused or dropped) or answered 503."
 
 class BackendProtocolError(TollamaError, reason=FallbackReason.BAD_RESPONSE):
@@ -94,13 +108,9 @@ def error_from_response(status: int, body: bytes, headers: httpx.Headers, where:
     if status == 404:
         if "not installed" in text or "model" in text.lower(): return ModelNotFoundError(msg, **kw)
         return BackendHTTPError(f"{msg}; the route does not exist: check base_url and endpoint", **kw)
-    if status == 409: return BackendLicenseError(msg, **kw)
-    if status == 429: return BackendRateLimitError(msg, retryable=True, **kw)
     if status == 503 and text.startswith("runner call timed out after"):   # the daemon kept the `timeout` it was sent
         return BackendTimeoutError(msg, **kw)
-    if status == 503: return BackendUnavailableError(msg, retryable=True, **kw)
-    if status in (401, 403): return BackendAuthError(msg, **kw)
-    if status in (400, 413, 422): return BackendRequestError(msg, **kw)
+    if (declared := TollamaError.for_status(status)) is not None: return declared(msg, **kw)
     return BackendHTTPError(msg, retryable=status >= 500, **kw)
 
 # %% ../../nbs/tsfm/20a_tollama_protocol.ipynb #3198e363

@@ -10,6 +10,7 @@ import math
 import time
 from collections import deque
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Literal
 
 from fastcore.basics import patch
@@ -29,10 +30,11 @@ def size_class(size: int) -> int:
     "The size class of a call of `size` series: 0 for 1, 1 for 2-3, 2 for 4-7, ..."
     return max(int(size), 1).bit_length() - 1
 
+@dataclass
 class GradientLimit:
     "Gradient limit: `limit * clip(tolerance * rtt_noload / rtt, 0.5, 1) + sqrt(limit)`, smoothed; unloaded RTT per size class."
-    def __init__(self, settings: LimiterSettings):
-        self.s, self.rtt_noload = settings, {}
+    s: LimiterSettings
+    rtt_noload: dict[int, float] = field(default_factory=dict)
 
     def update(self, limit: float, rtt: float, size: int, in_flight: int, dropped: bool) -> float:
         "The new limit after one call (`in_flight`: calls out when it ended, itself included)."
@@ -45,10 +47,10 @@ class GradientLimit:
         target = limit * gradient + math.sqrt(limit)
         return min(s.max_limit, max(s.min_limit, limit * (1 - s.smoothing) + target * s.smoothing))
 
+@dataclass
 class AIMDLimit:
     "AIMD limit: `+1/limit` per successful call while in use, `* backoff_ratio` per dropped call."
-    def __init__(self, settings: LimiterSettings):
-        self.s = settings
+    s: LimiterSettings
 
     def update(self, limit: float, rtt: float, size: int, in_flight: int, dropped: bool) -> float:
         "The new limit after one call."
@@ -56,10 +58,10 @@ class AIMDLimit:
         if in_flight < limit / 2: return limit
         return min(self.s.max_limit, limit + 1 / limit)
 
+@dataclass
 class FixedLimit:
     "A constant limit (`initial_limit`): a plain semaphore with the same queue and metrics."
-    def __init__(self, settings: LimiterSettings):
-        self.s = settings
+    s: LimiterSettings
 
     def update(self, limit: float, rtt: float, size: int, in_flight: int, dropped: bool) -> float:
         "The limit, unchanged."
