@@ -134,7 +134,9 @@ def _enforce_width(q: np.ndarray, taus: np.ndarray, min_width: float, max_width:
         c, d = _logit_offsets(q[rows], taus, eps)
         median = q[rows, ic] if ic is not None else None
         if widen:  # the logit minimum yields to max_width where both cannot hold (a wide logit minimum near 0.5)
-            k = np.maximum(np.where(short_p[rows], _solve_scale(c, d, median, min_width, True), 0.0),
+            # the probability minimum holds for every widened row: rebuilding a row from values clipped to
+            # [eps, 1 - eps] moves it, which can shrink a width that met `min_width` before
+            k = np.maximum(_solve_scale(c, d, median, min_width, True),
                            np.where(short_l[rows], _solve_scale(c, d, median, min_logit_width, True, eps), 0.0))
             k = np.minimum(k, _solve_scale(c, d, median, max_width, False))
         else: k = _solve_scale(c, d, median, max_width, False)
