@@ -14,6 +14,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 import pytest  # noqa: E402  (after the environment above, which must be set before any heavy import)
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+# Property tests explore new random examples on every local run (that is how they find bugs); under CI they draw
+# a fixed sequence, so a landing is judged on a reproducible sample. `HYPOTHESIS_PROFILE=dev` overrides.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("dev", print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") == "true" else "dev"))
 
 from tsfm_wb.tsfm.fake_tollama import FakeTollama  # noqa: E402
 
