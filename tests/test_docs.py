@@ -152,23 +152,25 @@ def _demo_notebook(path, *sources: str) -> None:
                                           *cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
 
 
-def _render(tmp_path, *sources: str) -> dict:
-    "Render one notebook in its own process, as `make nbtest` does; its meta (error is None when every cell passed)."
+def _render(tmp_path, *notebooks: tuple[str, ...]) -> list[dict]:
+    "Render each notebook (a tuple of cell sources) as `make nbtest` does, one after the other in one fresh process; their metas."
     import shutil, subprocess
     (tmp_path / "nbs").mkdir(exist_ok=True); shutil.copy(REPO_ROOT / "settings.ini", tmp_path / "settings.ini")
-    src = tmp_path / "nbs" / "99_demo.ipynb"; _demo_notebook(src, *sources)
-    job = {"src": str(src), "rel": "99_demo.ipynb", "key": "k", "execute": True, "expect": 1, "cache": str(tmp_path / "cache"),
-           "root": str(REPO_ROOT)}
     (tmp_path / "cache").mkdir(exist_ok=True)
+    jobs = []
+    for i, sources in enumerate(notebooks):
+        src = tmp_path / "nbs" / f"9{i}_demo.ipynb"; _demo_notebook(src, *sources)
+        jobs.append({"src": str(src), "rel": src.name, "key": "k", "execute": True, "expect": 1, "cache": str(tmp_path / "cache"),
+                     "root": str(REPO_ROOT)})
     code = (f"import sys; sys.path.insert(0, {str(REPO_ROOT / '.ci' / 'docs')!r}); import execute; "
-            f"execute.render_notebook({job!r})")
+            f"[execute.render_notebook(job) for job in {jobs!r}]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    return json.loads((tmp_path / "cache" / "99_demo.json").read_text())
+    return [json.loads((tmp_path / "cache" / f"9{i}_demo.json").read_text()) for i in range(len(notebooks))]
 
 
 def test_a_failing_cell_fails_the_notebook_and_skip_flags_are_honoured(tmp_path):
     """The book build is the notebook test run: a failing assert must be reported, a `#| slow` cell skipped."""
-    ok = _render(tmp_path, "x = 1", "#| slow\nassert False, 'slow cells are skipped'", "#| eval: false\n1 / 0", "assert x == 1")
+    ok, bad = _render(tmp_path, ("x = 1", "#| slow\nassert False, 'slow cells are skipped'", "#| eval: false\n1 / 0", "assert x == 1"),
+                      ("x = 1", "assert x == 2, 'x must be two'"))
     assert ok["error"] is None, ok["error"]
-    bad = _render(tmp_path, "x = 1", "assert x == 2, 'x must be two'")
     assert "AssertionError" in bad["error"] and "x must be two" in bad["error"]
