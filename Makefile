@@ -56,8 +56,8 @@ nbtest: install ## run every notebook's cells (as nbdev_test does) and render th
 	$(PY) .ci/render_docs.py --force
 
 PYTEST_WORKERS ?= 2
-pytest: install ## pytest tests/ on PYTEST_WORKERS processes (pytest-xdist; 0 = in this process)
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
+pytest: install ## pytest tests/ on PYTEST_WORKERS processes (pytest-xdist, idle workers steal queued tests; 0 = in this process)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal tests
 
 nbval: install ## run the reader notebooks top to bottom with nbval
 	$(BIN)/pytest -q --nbval-lax -p no:cacheprovider $(NBVAL_NBS)
