@@ -34,19 +34,19 @@ class _Batch:
 class MicroBatcher(Generic[_K, _T, _R]):
     "Gather concurrent `submit(key, item)` calls into batches per key and run each batch once (see the module's text)."
     def __init__(self, run: _Runner, *, window_s: float = 0.005, max_batch: int | Callable[[Any], int] = 64,
-                 limiter: AdaptiveLimiter | None = None, permit_timeout_s: float | None = 1.0):
+                 limiter: AdaptiveLimiter | None = None, permit_timeout_s: float | None = 1.0, split_from: int | None = None):
         self._run, self.window_s, self._cap, self.limiter = run, window_s, max_batch, limiter
-        self.permit_timeout_s = permit_timeout_s
+        self.permit_timeout_s, self.split_from = permit_timeout_s, split_from
         self._open: dict[Any, _Batch] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.batches = self.items = 0
+        self.batches = self.items = self.splits = 0
 
     @classmethod
     def from_settings(cls, run: _Runner, settings: BatchSettings, limiter: AdaptiveLimiter | None = None,
                       model_of: Callable[[Any], str] = str, permit_timeout_s: float | None = 1.0) -> MicroBatcher:
         "A batcher configured by `settings` (`batching:`); `model_of(key)` names the model whose largest batch applies."
         return cls(run, window_s=settings.window_ms / 1000, max_batch=lambda k: settings.cap(model_of(k)), limiter=limiter,
-                   permit_timeout_s=permit_timeout_s)
+                   permit_timeout_s=permit_timeout_s, split_from=settings.split_from)
 
     def cap(self, key: Any) -> int:
         "The largest batch for `key`."
@@ -89,9 +89,28 @@ def _deliver(live: list[tuple[Any, asyncio.Future]], results: Sequence[Any]) -> 
         else: f.set_result(r)
 
 @patch
+def _second_permit(self: MicroBatcher, n: int) -> Permit | None:
+    "A permit for a second call when a batch of `n` items should be split: `split_from` or more, the backend otherwise idle."
+    if self.limiter is None or self.split_from is None or n < max(2, self.split_from) or self.limiter.in_flight != 1: return None
+    return self.limiter.try_acquire(n - n // 2)
+
+@patch
+async def _send(self: MicroBatcher, key: Any, live: list[tuple[Any, asyncio.Future]], permit: Permit | None) -> None:
+    "One call for `live` under `permit`, each caller handed its result; a call that fails as a whole fails each of them."
+    if permit is not None: permit.size = len(live)
+    self.batches += 1; self.items += len(live)
+    try: _deliver(live, await self._run(key, [i for i, _ in live], permit))
+    except asyncio.CancelledError:
+        for _, f in live: f.cancel()
+        raise
+    except Exception as e:
+        for _, f in live:
+            if not f.done(): f.set_exception(e)
+
+@patch
 async def _flush(self: MicroBatcher, key: Any, b: _Batch) -> None:
-    "Wait for the window (or a full batch), then a permit, then run the batch and deliver."
-    permit, live = None, []
+    "Wait for the window (or a full batch), then a permit, then run the batch (in two calls, when split) and deliver."
+    permit, extra, live = None, None, []
     try:
         try:
             async with asyncio.timeout(self.window_s): await b.full.wait()
@@ -99,14 +118,17 @@ async def _flush(self: MicroBatcher, key: Any, b: _Batch) -> None:
         if self.limiter is not None: permit = await self.limiter.acquire(self.permit_timeout_s, size=len(b.items))
         live = _close(self._open, key, b)
         if not live: return
-        if permit is not None: permit.size = len(live)
-        self.batches += 1; self.items += len(live)
-        _deliver(live, await self._run(key, [i for i, _ in live], permit))
+        extra = self._second_permit(len(live))
+        if extra is None: await self._send(key, live, permit)
+        else:
+            self.splits += 1; half = len(live) // 2
+            await asyncio.gather(self._send(key, live[:half], permit), self._send(key, live[half:], extra))
     except asyncio.CancelledError:
         for _, f in live or _close(self._open, key, b): f.cancel()
         raise
-    except Exception as e:                       # the whole batch failed (or got no permit): every caller gets the error
+    except Exception as e:                       # no permit came (or a bug): every caller gets the error
         for _, f in live or _close(self._open, key, b):
             if not f.done(): f.set_exception(e)
     finally:
         if permit is not None: self.limiter.release(permit)
+        if extra is not None: self.limiter.release(extra)

@@ -162,6 +162,13 @@ async def acquire(self: AdaptiveLimiter, timeout: float | None = None, size: int
     return self._grant(size)
 
 @patch
+def try_acquire(self: AdaptiveLimiter, size: int = 1) -> Permit | None:
+    "A permit now if one is free and nobody waits for one (it never queues and never jumps the queue), else None."
+    if self.in_flight >= self.limit or self.queued: return None
+    if self.on_wait is not None: self.on_wait(0.0)
+    return self._grant(size)
+
+@patch
 def release(self: AdaptiveLimiter, permit: Permit) -> None:
     "Return a permit (learning from its verdict) and hand it to the next waiter."
     self._release(permit)

@@ -310,7 +310,8 @@ async def health(self: TSFMRunner) -> dict[str, Any]:
             "breaker": state.value, "mode": mode, "rollout": None if self.rollout is None else self.rollout.status(),
             "monitor": None if mon is None else mon.status(), "env": self.config.env, "cache_entries": len(self.cache),
             "calibrator": self.calibrator is not None, "version": __version__, "limiter": self.limiter.stats(),
-            "batching": None if self.backend.batcher is None else {"batches": self.backend.batcher.batches, "items": self.backend.batcher.items},
+            "batching": None if self.backend.batcher is None else {"batches": self.backend.batcher.batches, "items": self.backend.batcher.items,
+                                                                      "splits": self.backend.batcher.splits},
             "modes": self.modes.status(), "auth": auth.status(), "probe": None if self.probe_loop is None else self.probe_loop.status(),
             "calibrator_store": self.config.conformal_store, "calibrator_events": [e.as_dict() for e in self.calibrator_events]}
 

@@ -95,6 +95,7 @@ class BatchSettings(StrictModel):
     window_ms: float = Field(5.0, ge=0.0, le=1000.0)     # gather this long after a batch's first request
     max_batch: int = Field(64, ge=1)                      # flush at once at this many series (the model's largest batch)
     max_batch_by_model: dict[str, int] = Field(default_factory=dict)   # per-model override of max_batch
+    split_from: int | None = Field(32, ge=2)              # a batch this big that finds the backend idle: two calls (None: never)
 
     def cap(self, model_name: str) -> int:
         "The largest batch for `model_name`."
