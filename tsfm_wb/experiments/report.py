@@ -21,12 +21,14 @@ from .grid import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, MatrixConfig, RunSpe
 from .matrix import manifest_path, run_status
 from ..lab.train import BASELINE_NAMES
 from .workbench import STAGES, Section, WorkbenchContext, write_report
+from .tsfm_compare import RunComparison, data_label, fan_source, run_tables, side_by_side
+from ..tsfm.evaluation import plot_coverage_by_step
 
 # %% auto #0
 __all__ = ['COMPARISON_COLUMNS', 'SPREAD_METRICS', 'MatrixRuns', 'collect_runs', 'comparison_table', 'seed_summary',
            'spread_display', 'winners', 'short_label', 'edge_summary', 'edge_markdown', 'tsfm_tables',
-           'plot_forecast_vs_actual', 'plot_error_by_horizon', 'plot_latency', 'gate_description', 'benchmark_tables',
-           'build_report']
+           'tsfm_comparison', 'plot_forecast_vs_actual', 'plot_error_by_horizon', 'plot_latency', 'gate_description',
+           'benchmark_tables', 'build_report']
 
 # %% ../../nbs/experiments/52_report.ipynb #7a7166da
 @dataclass
@@ -169,19 +171,17 @@ def edge_markdown(runs: MatrixRuns) -> str:
 # %% ../../nbs/experiments/52_report.ipynb #86609ab5
 def tsfm_tables(runs: MatrixRuns) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     "Per TSFM run: (pooled coverage per scheme x level x band, coverage per horizon step under time_split)."
-    out = {}
-    for rid, m in runs.tsfm.items():
-        t = pd.read_csv(runs.run_dir(rid) / m["files"]["table"])
-        allb = t[t["bucket"].astype(str) == "all"]
-        pooled = allb[allb["step"].astype(str) == "all"].pivot_table(index=["scheme", "level"], columns="band", values="coverage", sort=False)
-        pooled.columns.name = None
-        ts = allb[(allb["scheme"] == "time_split") & (allb["step"].astype(str) != "all")]
-        by_h = ts.assign(col=ts["band"] + " " + (100 * ts["level"]).round().astype(int).astype(str) + "%").pivot_table(
-            index="step", columns="col", values="coverage", sort=False)
-        by_h.columns.name = None
-        by_h.index = by_h.index.astype(int)
-        out[rid] = (pooled.reset_index(), by_h.sort_index().reset_index())
-    return out
+    return {rid: run_tables(pd.read_csv(runs.run_dir(rid) / m["files"]["table"])) for rid, m in runs.tsfm.items()}
+
+# %% ../../nbs/experiments/52_report.ipynb #9f04484e
+def tsfm_comparison(runs: MatrixRuns, scheme: str = "online") -> dict[str, tuple[pd.DataFrame, RunComparison]]:
+    "Per dataset: the side-by-side table of its finished TSFM runs (one row per run) and their `RunComparison`."
+    groups: dict[str, dict[str, str]] = {}
+    for s in runs.specs:
+        if s.run_id in runs.tsfm: groups.setdefault(data_label(runs.tsfm[s.run_id]), {})[s.labels["name"]] = s.run_id
+    return {data: side_by_side({n: runs.tsfm[r] for n, r in named.items()},
+                               {n: pd.read_csv(runs.run_dir(r) / runs.tsfm[r]["files"]["table"]) for n, r in named.items()}, scheme)
+            for data, named in groups.items()}
 
 # %% ../../nbs/experiments/52_report.ipynb #99e3480b
 def _first_seed_runs(runs: MatrixRuns, mode: str) -> dict[str, str]:
@@ -289,20 +289,33 @@ def _edge_section(runs: MatrixRuns, ctx: WorkbenchContext) -> Section:
     return Section("Edge gate", text, [("Gate per run", summ)], [("Batch-1 latency per runtime", ctx.save_figure(fig, "latency"))])
 
 # %% ../../nbs/experiments/52_report.ipynb #8524de6c
+def _fan_figure(runs: MatrixRuns, rids: Sequence[str], ctx: WorkbenchContext) -> tuple[str, Path] | None:
+    "The fan charts of the first real model among `rids` (else of the first run), copied into the report."
+    rid = fan_source({r: runs.tsfm[r] for r in rids}); rel = runs.tsfm[rid].get("figures", {}).get("fan charts")
+    if rel is None: return None
+    return (f"fan charts of `{runs.tsfm[rid]['model']}` ({rid})", atomic_write_bytes(ctx.figures / f"{rid}_fan.png", (runs.run_dir(rid) / rel).read_bytes()))
+
 def _tsfm_section(runs: MatrixRuns, ctx: WorkbenchContext) -> Section:
-    "TSFM coverage tables and plots of every finished TSFM run."
-    tables, figs, lines = [], [], []
-    for rid, (pooled, by_h) in tsfm_tables(runs).items():
+    "TSFM runs side by side per dataset: the comparison table, coverage by step of every run, a real model's fan charts."
+    lines = []
+    for rid, (_, by_h) in tsfm_tables(runs).items():
         m = runs.tsfm[rid]
         atomic_write_text(ctx.out_dir / f"tsfm_{rid}.csv", by_h.to_csv(index=False))
-        lines.append(f"- `{rid}`: model `{m['model']}` on `{m['dataset']}`, {m['n_forecasts']} forecasts, horizon {m['horizon']}, "
-                     f"fallback rate {m['fallback_rate']:.1%}; per-step table [tsfm_{rid}.csv](tsfm_{rid}.csv)")
-        tables += [(f"{rid}: coverage pooled over steps", pooled), (f"{rid}: coverage by horizon step (time split)", by_h)]
-        for name, rel in m.get("figures", {}).items():
-            figs.append((f"{rid}: {name}", atomic_write_bytes(ctx.figures / f"{rid}_{Path(rel).name}", (runs.run_dir(rid) / rel).read_bytes())))
+        lines.append(f"- `{rid}`: model `{m['model']}` ({m['backend']}) on {data_label(m)}, {m['n_forecasts']} forecasts, "
+                     f"horizon {m['horizon']}, fallback rate {m['fallback_rate']:.1%}; per-step table [tsfm_{rid}.csv](tsfm_{rid}.csv)")
+    tables, figs = [], []
+    for k, (data, (side, cmp)) in enumerate(tsfm_comparison(runs).items()):
+        tables.append((f"{data}: side by side (online loop, pooled over steps)", side))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 3.2), sharey=True)
+        for ax, scheme in zip(axes, ("online", "time_split")): plot_coverage_by_step(cmp, "served", 0.9, scheme, ax=ax)
+        figs.append((f"{data}: served 90% coverage by horizon step, every run", ctx.save_figure(fig, f"tsfm_coverage_by_step_{k}")))
+        fan = _fan_figure(runs, [r for r in runs.tsfm if data_label(runs.tsfm[r]) == data], ctx)
+        if fan: figs.append((f"{data}: {fan[0]}", fan[1]))
     missing = [s.run_id for s in runs.specs if s.kind == "tsfm" and s.run_id not in runs.tsfm]
-    text = ("Offline evaluation of the TSFM runner's bands (`tsfm_wb.tsfm.evaluation`): raw versus conformal-adjusted coverage "
-            "per scheme, level and horizon step.\n\n" + "\n".join(lines) + (f"\n\nNot finished: {', '.join(missing)}" if missing else ""))
+    text = ("Offline evaluation of TSFM band sources (`tsfm_wb.tsfm.evaluation`) on the same rolling origins: raw, "
+            "conformal-adjusted and served (adjusted + post-processed, what the API returns) coverage with 95% Wilson intervals "
+            "(outcomes of neighbouring origins and steps are correlated, so the intervals are optimistic).\n\n" + "\n".join(lines)
+            + (f"\n\nNot finished: {', '.join(missing)}" if missing else ""))
     return Section("TSFM evaluation", text, tables, figs)
 
 def _status_section(runs: MatrixRuns) -> Section:

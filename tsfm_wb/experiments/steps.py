@@ -13,14 +13,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from ..core import ConfigError, StrictModel, _format_validation_error, atomic_write_json, read_json
 from .grid import METRICS_FILE, _deep_merge
 
 # %% auto #0
-__all__ = ['STAGING_DIR', 'EVAL_AS_OF', 'train_eval_step', 'edge_parity_step', 'TsfmEvalConfig', 'tsfm_eval_step',
-           'BenchmarkRunConfig', 'benchmark_step']
+__all__ = ['STAGING_DIR', 'EVAL_AS_OF', 'SIMULATOR', 'train_eval_step', 'edge_parity_step', 'SimulatorConfig', 'TsfmEvalConfig',
+           'tsfm_eval_step', 'BenchmarkRunConfig', 'benchmark_step']
 
 # %% ../../nbs/experiments/51a_steps.ipynb #9e91e2f2
 STAGING_DIR = "_train"
@@ -55,6 +55,14 @@ def edge_parity_step(run_dir: str | Path, gate_config: str | None = None, option
 # %% ../../nbs/experiments/51a_steps.ipynb #fa984cf0
 EVAL_AS_OF = "2026-01-01T00:00:00Z"        # as_of_ts of the evaluation's requests (the runner needs one; contexts carry no time)
 
+SIMULATOR = "simulator"                    # the `dataset` value of simulated markets
+
+class SimulatorConfig(StrictModel):
+    "The simulated markets of a TSFM evaluation (tsfm_wb.simulate.simulate_markets): how many, how long, which seed."
+    n_markets: int = Field(24, ge=2)                           # the event holdout needs 2 markets
+    n_points: int = Field(100, ge=2)                           # 5-minute points per market
+    seed: int = 2026
+
 class TsfmEvalConfig(StrictModel):
     "One TSFM evaluation run: backend, model, data, rolling-origin settings, runner and calibrator overrides."
     backend: Literal["fake", "tollama", "baseline", "model_server"] = "fake"  # fake: embedded fake daemon; tollama: a running
@@ -62,7 +70,8 @@ class TsfmEvalConfig(StrictModel):
     # one multi-series request per origin (tsfm_wb.tsfm.evaluation.TollamaForecaster)
     base_url: str | None = None                                # daemon address for 'tollama' (default: configs/tsfm_runtime.yaml)
     model: str = "mock"                                        # tollama model name
-    dataset: str = "polymarket"                                # a tsfm_wb.data dataset of probabilities
+    dataset: str = "polymarket"                                # a tsfm_wb.data dataset of probabilities, or 'simulator'
+    simulator: SimulatorConfig | None = None                   # the simulated markets of dataset 'simulator' (None: defaults)
     horizon: int = Field(6, ge=1)
     min_context: int = Field(16, ge=1)                         # first origin: this many points of history
     stride: int = Field(1, ge=1)                               # steps between origins
@@ -71,6 +80,28 @@ class TsfmEvalConfig(StrictModel):
     fake: dict[str, Any] = {}                                  # FakeOptions of the fake daemon
     seeds: list[int] = [0]                                     # event-holdout seeds (pooled)
     calibrator: dict[str, Any] = {}                            # ConformalCalibrator overrides, e.g. min_samples
+    test_fraction: float = Field(0.2, gt=0, lt=1)              # last share of each series' time scored by the time split
+
+    @model_validator(mode="after")
+    def _data_fits(self) -> TsfmEvalConfig:
+        "A `simulator` block only with dataset 'simulator', and simulated markets long enough for one forecast."
+        if self.simulator is not None and self.dataset != SIMULATOR:
+            raise ValueError(f"key 'simulator' is only read with dataset: {SIMULATOR}, got dataset {self.dataset!r}")
+        sim = self.simulator or SimulatorConfig()
+        if self.dataset == SIMULATOR and sim.n_points <= self.min_context + self.horizon:
+            raise ValueError(f"key 'simulator.n_points' ({sim.n_points}) must exceed min_context + horizon = {self.min_context + self.horizon}")
+        return self
+
+def _eval_data(cfg: TsfmEvalConfig) -> tuple[Any, str]:
+    "(tidy frame, frequency) of the evaluation's data: simulated markets or a registered dataset without its gaps."
+    from tsfm_wb.data import DATASETS, load_dataset
+    from tsfm_wb.simulate import SIM_FREQ, simulate_markets
+    if cfg.dataset == SIMULATOR:
+        sim = cfg.simulator or SimulatorConfig()
+        return simulate_markets(sim.n_markets, sim.n_points, sim.seed), SIM_FREQ
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"tsfm config key 'dataset': unknown dataset {cfg.dataset!r}; choose from {sorted([*DATASETS, SIMULATOR])}")
+    return load_dataset(cfg.dataset, gaps="drop"), DATASETS[cfg.dataset].freq
 
 # %% ../../nbs/experiments/51a_steps.ipynb #c8b51ebe
 def _served_forecaster(cfg: TsfmEvalConfig, freq: str, counts: dict[str, int]) -> Iterator[tuple[Any, dict[str, int]]]:
@@ -137,28 +168,34 @@ def _save_fig(fig: Any, path: Path) -> str:
     atomic_write_bytes(path, buf.getvalue())
     return f"{path.parent.name}/{path.name}"
 
+def _fan_markets(fs: Any, n: int = 3) -> list[str]:
+    "Up to `n` markets for fan charts: the first of each liquidity bucket, then the next ones in id order."
+    ids = sorted(set(fs.unique_id.tolist())); bucket = dict(zip(fs.unique_id.tolist(), fs.bucket.tolist()))
+    firsts = sorted({bucket[u]: u for u in reversed(ids)}.values())
+    return [*firsts, *[u for u in ids if u not in firsts]][:n]
+
 def tsfm_eval_step(run_dir: str | Path, config: TsfmEvalConfig | dict[str, Any]) -> dict[str, Any]:
     "Evaluate one TSFM configuration offline (runner + conformal); writes tables, figures and metrics.json last."
     import matplotlib.pyplot as plt
     from tsfm_wb.core import atomic_write_text
-    from tsfm_wb.data import DATASETS, load_dataset
     from tsfm_wb.tsfm.evaluation import evaluate_conformal, plot_coverage_by_horizon, plot_fan
     try: cfg = TsfmEvalConfig.model_validate(config)
     except ValidationError as e: raise ConfigError(_format_validation_error(Path("tsfm config"), e)) from None
     run_dir, t0 = Path(run_dir), time.perf_counter()
-    if cfg.dataset not in DATASETS: raise ConfigError(f"tsfm config key 'dataset': unknown dataset {cfg.dataset!r}; choose from {sorted(DATASETS)}")
-    df = load_dataset(cfg.dataset, gaps="drop")
-    with _runner_forecaster(cfg, DATASETS[cfg.dataset].freq) as (forecaster, counts):
-        rep = evaluate_conformal(df, forecaster, cfg.horizon, seeds=cfg.seeds, forecast_kw={"min_context": cfg.min_context, "stride": cfg.stride},
-                                 **cfg.calibrator)
+    df, freq = _eval_data(cfg)
+    with _runner_forecaster(cfg, freq) as (forecaster, counts):
+        rep = evaluate_conformal(df, forecaster, cfg.horizon, seeds=cfg.seeds, test_fraction=cfg.test_fraction,
+                                 forecast_kw={"min_context": cfg.min_context, "stride": cfg.stride}, **cfg.calibrator)
     atomic_write_text(run_dir / "eval_table.csv", rep.table.to_csv(index=False))
     fig, ax = plt.subplots(figsize=(6, 3)); plot_coverage_by_horizon(rep, "time_split", ax=ax)
     figures = {"coverage by horizon (time split)": _save_fig(fig, run_dir / "figures" / "coverage_by_horizon.png")}
-    fig, ax = plt.subplots(figsize=(7, 3)); plot_fan(rep, str(rep.forecasts.unique_id[0]), history=40, ax=ax)
-    figures["fan chart"] = _save_fig(fig, run_dir / "figures" / "fan.png")
+    fan_ids = _fan_markets(rep.forecasts)
+    fig, axes = plt.subplots(1, len(fan_ids), figsize=(5 * len(fan_ids), 3), squeeze=False)
+    for uid, ax in zip(fan_ids, axes[0]): plot_fan(rep, uid, history=40, ax=ax)
+    figures["fan charts"] = _save_fig(fig, run_dir / "figures" / "fan.png")
     n = int(sum(counts.values()))
     pooled = rep.table[(rep.table["step"].astype(str) == "all") & (rep.table["bucket"] == "all")]
-    metrics = {"run_id": run_dir.name, **cfg.model_dump(include={"backend", "model", "dataset", "horizon"}), "n_forecasts": n,
+    metrics = {"run_id": run_dir.name, **cfg.model_dump(include={"backend", "model", "dataset", "simulator", "horizon", "test_fraction"}), "n_forecasts": n,
                "n_series": int(df["unique_id"].nunique()), "answers": counts,
                "fallback_rate": 0.0 if cfg.backend == "baseline" else 1 - counts.get("tollama", 0) / max(n, 1),
                "coverage": pooled[["scheme", "level", "band", "n", "applied", "coverage", "width", "winkler", "pinball"]].to_dict("records"),

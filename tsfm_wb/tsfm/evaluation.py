@@ -299,7 +299,8 @@ def evaluate_conformal(data: pd.DataFrame | ForecastSet, forecaster: QuantileFor
         for level in levels:
             idx, adj, applied = adjusted[(scheme, level)] = _adjusted_bands(fs, scheme, level, seeds, test_fraction, holdout_fraction, update_every, calibrator_kw)
             raw = fs.q[idx][..., fs.cols([(1 - level) / 2, 0.5, (1 + level) / 2])]
-            served = np.stack([postprocess_quantiles(a, BASE_BAND, **pp.model_dump())[0] for a in adj]) if idx.size else adj
+            flat = adj.reshape(-1, len(BASE_BAND))           # steps are post-processed independently: one call for all bands
+            served = postprocess_quantiles(flat, BASE_BAND, **pp.model_dump())[0].reshape(adj.shape) if idx.size else adj
             none, changed = np.zeros_like(applied), (np.abs(served - adj) > 1e-12).any(axis=-1)
             for band, b, ap, ch in (("raw", raw, np.ones_like(applied), none), ("adjusted", adj, applied, none), ("served", served, applied, changed)):
                 rows += _score_rows(fs.y[idx], b, ap, ch, fs.bucket[idx], {"scheme": scheme, "band": band}, level)
