@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..tsfm.evaluation import LEVELS, Comparison, plot_coverage_by_step
+from ..tsfm.evaluation import LEVELS, Comparison, EvalReport, plot_coverage_by_step  # EvalReport: the inherited field's annotation
 
 # %% auto #0
 __all__ = ['RunComparison', 'coverage_cell', 'data_label', 'run_tables', 'fan_source', 'side_by_side']
