@@ -82,8 +82,8 @@ def _limited_receive(receive: Any, limit: int) -> Any:
 
 class _Exchange:
     "What the guard learns about one request on its way: the request id, the status sent, an unhandled error's type."
-    __slots__ = ("rid", "status", "error")
-    def __init__(self, rid: str): self.rid, self.status, self.error = rid, 0, None
+    __slots__ = ("rid", "status", "error", "counted")
+    def __init__(self, rid: str): self.rid, self.status, self.error, self.counted = rid, 0, None, False
 
 # %% ../../nbs/tsfm/39_http_guard.ipynb #65b406b3
 class RequestGuard:
@@ -103,16 +103,27 @@ class RequestGuard:
         sent = _header(scope, b"x-request-id")
         ex = _Exchange(sent if sent and _RID.match(sent) else uuid.uuid4().hex[:16])
         scope.setdefault("state", {})["request_id"] = ex.rid
-        t0, m = time.perf_counter(), self.metrics
+        t0 = time.perf_counter()
+
+        async def send_counted(message: dict[str, Any]) -> None:
+            # count before the last body message leaves: a client holding its answer always finds it counted
+            if message["type"] == "http.response.body" and not message.get("more_body"): self._count(scope, ex, t0)
+            await send(message)
+
         self.in_flight += 1
-        try: await self._serve(scope, receive, send, ex)
+        try: await self._serve(scope, receive, send_counted, ex)
         finally:
             self.in_flight -= 1
-            route = self._route(scope)
-            method = scope.get("method", "")
-            m.inc("tsfm_http_requests_total", route=route, method=method if method in _METHODS else "other", status=str(ex.status))
-            m.observe("tsfm_http_request_duration_seconds", time.perf_counter() - t0, buckets=HTTP_BUCKETS_S, route=route)
-            if ex.status >= 500: m.inc("tsfm_http_server_errors_total", error=ex.error or f"http_{ex.status}")
+            self._count(scope, ex, t0)          # an answer cut short (a disconnect, an error after the start)
+
+    def _count(self, scope: dict[str, Any], ex: _Exchange, t0: float) -> None:
+        "Record one exchange in the HTTP metrics, once."
+        if ex.counted: return
+        ex.counted, m, route = True, self.metrics, self._route(scope)
+        method = scope.get("method", "")
+        m.inc("tsfm_http_requests_total", route=route, method=method if method in _METHODS else "other", status=str(ex.status))
+        m.observe("tsfm_http_request_duration_seconds", time.perf_counter() - t0, buckets=HTTP_BUCKETS_S, route=route)
+        if ex.status >= 500: m.inc("tsfm_http_server_errors_total", error=ex.error or f"http_{ex.status}")
 
     async def _answer(self, send: _Send, ex: _Exchange, status: int, detail: str, error: str) -> None:
         "Send a complete JSON error answer."
