@@ -298,7 +298,8 @@ def payloads(draw) -> dict:
 FAULT_OPTIONS = [{}] * 8 + [{"error_status": 500}, {"malformed_json": True}, {"wrong_shapes": "short"}, {"error_status": 429}]
 
 
-@settings(max_examples=1000, deadline=None, derandomize=True, database=None,
+# 400 examples in the suite (every broken field and fault option is drawn many times); TSFM_WB_API_EXAMPLES for more.
+@settings(max_examples=int(os.environ.get("TSFM_WB_API_EXAMPLES", "400")), deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(payload=payloads(), fault=st.sampled_from(range(len(FAULT_OPTIONS))))
 def test_random_requests_get_422_or_a_valid_bounded_forecast(svc, payload, fault):

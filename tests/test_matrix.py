@@ -1,9 +1,9 @@
 """The experiment matrix: deterministic run ids, failure records, resuming after a kill, Dask = process pool.
 
-Most tests run a tiny grid of *toy* notebooks (papermill, real kernels, milliseconds of work each) that log
-every execution to a file, so re-executions are counted exactly. One test runs the real
-`nbs/papermill/train_eval.ipynb` on a tiny training config through the process pool and through a Dask
-LocalCluster and compares the metrics.
+The tests run a tiny grid of *toy* notebooks (papermill, real kernels, milliseconds of work each) that log
+every execution to a file, so re-executions are counted exactly; the same grid through the process pool and a
+Dask LocalCluster gives the same results. The real `nbs/papermill/train_eval.ipynb` runs through the matrix in
+test_report.py (and training determinism is checked in test_train.py).
 """
 import json
 import os
@@ -109,7 +109,7 @@ def _descendants_kill(proc: subprocess.Popen) -> None:
 
 
 def test_killed_matrix_resumes_only_missing_runs(tmp_path):
-    cfg_path = _toy_repo(tmp_path)
+    cfg_path = _toy_repo(tmp_path, model_types=("lstm",), seeds=(1, 2, 3))
     specs = expand_grid(cfg_path, "quick", tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "tsfm_wb.experiments.matrix", "--config", str(cfg_path), "--profile", "quick", "--workers", "1",
@@ -150,28 +150,14 @@ def test_stale_folder_is_cleared_and_rerun(tmp_path):
     assert run_status(spec) == "done" and "rmse" in read_json(d / METRICS_FILE)["test"]["model"]
 
 
-@pytest.fixture(scope="module")
-def tiny_real_repo(tmp_path_factory) -> tuple[Path, Path]:
-    "A matrix over the real train_eval notebook: one LSTM on the last 400 weeks of CO2, 2 epochs, no edge step."
-    root = tmp_path_factory.mktemp("real")
-    train = yaml.safe_load((REPO_ROOT / "configs" / "train_co2_quick.yaml").read_text())
-    train.update(max_rows=400, lookback=26, epochs=2, verbose=0, covariates=str(REPO_ROOT / "configs" / train["covariates"]))
-    (root / "train.yaml").write_text(yaml.safe_dump(train))
-    cfg = {"name": "real", "notebooks_dir": str(REPO_ROOT / "nbs" / "papermill"), "edge_gate": None,
-           "spline": {"data_modes": {"univariate": str(root / "train.yaml")}, "model_types": ["lstm"], "seeds": [42], "edge": False}}
-    for art in ("art_process", "art_dask"):
-        (root / f"{art}.yaml").write_text(yaml.safe_dump({**cfg, "artifacts_dir": str(root / art)}))
-    return root, REPO_ROOT
-
-
-def test_dask_local_gives_the_same_metrics_as_the_process_pool(tiny_real_repo):
-    root, repo = tiny_real_repo
-    a = run_matrix(root / "art_process.yaml", "quick", root=repo, progress=False)
-    b = run_matrix(root / "art_dask.yaml", "quick", root=repo, dask_address="local", max_workers=1, progress=False)
-    assert [o["status"] for o in a.outcomes] == [o["status"] for o in b.outcomes] == ["done"], (a.outcomes, b.outcomes)
-    assert a.specs[0].run_id == b.specs[0].run_id                        # same config -> same id, whatever the folder
-    ma, mb = (read_json(Path(r.specs[0].run_dir) / METRICS_FILE) for r in (a, b))
-    assert ma["test"] == mb["test"] and ma["val"] == mb["val"]           # same seed -> identical metrics, on either executor
-    assert ma["run_id"] == a.specs[0].run_id and ma["train_run_id"] != ma["run_id"]
-    assert (Path(a.specs[0].run_dir) / "executed_train_eval.ipynb").exists()
-    assert read_json(b.manifest)["executor"] == "dask"
+def test_dask_local_gives_the_same_metrics_as_the_process_pool(tmp_path):
+    proc = _toy_repo(tmp_path, model_types=("lstm",), seeds=(1, 2), artifacts="art_process")
+    dask = _toy_repo(tmp_path, model_types=("lstm",), seeds=(1, 2), artifacts="art_dask")
+    a = run_matrix(proc, "quick", root=tmp_path, progress=False)
+    b = run_matrix(dask, "quick", root=tmp_path, dask_address="local", max_workers=1, progress=False)
+    assert [o["status"] for o in a.outcomes] == [o["status"] for o in b.outcomes] == ["done", "done"], (a.outcomes, b.outcomes)
+    assert [s.run_id for s in a.specs] == [s.run_id for s in b.specs]    # same config -> same ids, whatever the folder
+    for sa, sb in zip(a.specs, b.specs):                                 # the same parameters reached the notebooks
+        assert read_json(Path(sa.run_dir) / METRICS_FILE) == read_json(Path(sb.run_dir) / METRICS_FILE)
+        assert (Path(sb.run_dir) / "executed_train_eval.ipynb").exists()
+    assert read_json(b.manifest)["executor"] == "dask" and read_json(a.manifest)["executor"] != "dask"

@@ -22,8 +22,12 @@ SKIP_FLAGS = {"slow", "notest"}        # plus settings.ini's tst_flags, as nbdev
 PRELOAD = ["numpy", "pandas", "matplotlib", "matplotlib.pyplot", "scipy.special", "scipy.stats", "pydantic", "yaml",
            "httpx", "fastapi", "uvicorn", "tqdm.auto", "IPython", "execnb.shell", "nbdev.processors", "nbdev.showdoc",
            "nbconvert", "nbformat", "apidoc"]
+# The heavy libraries that many notebooks import (keras/TensorFlow in 13, ~5 CPU-s each): loaded once before the fork.
+# Safe for TensorFlow: its thread pools start at the first operation, which happens in the notebook's own process.
+PRELOAD_HEAVY = ["tensorflow", "keras", "sklearn", "onnx", "onnxruntime", "tf2onnx"]
 _HEAVY = ("keras", "tensorflow", "statsforecast", "onnxruntime", "tf2onnx", "papermill", "dask", "numba", "sklearn",
           "ai_edge_litert", "onnx", "bokeh", "distributed")        # recorded per notebook, to see what it costs
+_PRELOADED: set[str] = set()           # heavy modules the parent loaded (not charged to any notebook)
 _ANSI = re.compile(r"\x1B(?:[@-Z\\-_]|\[[0-?]*[ -/]*[@-~])")
 _QUARTO_DIR = re.compile(r"^\s*#\|\s*([\w-]+)\s*:\s*(.*?)\s*$")
 
@@ -162,7 +166,8 @@ def _exporter():
 def warm_up() -> None:
     "Import what every notebook process needs and compile nbconvert's templates once, before forking them."
     import nbformat
-    for m in PRELOAD: importlib.import_module(m)
+    for m in PRELOAD + PRELOAD_HEAVY: importlib.import_module(m)
+    _PRELOADED.update(m for m in _HEAVY if m in sys.modules)
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# x\n`y`"), nbformat.v4.new_code_cell("1")])
     _exporter().from_notebook_node(nb)
 
@@ -233,5 +238,5 @@ def render_notebook(job: dict) -> None:
     meta = {"key": job["key"], "title": fm.get("title") or page.name, "description": fm.get("description", ""),
             "executed": execute, "seconds": round(time.time() - start, 2), "cpu_seconds": round(cpu, 2),
             "cpu_phases": {k: round(v, 2) for k, v in phases.items()}, "error": error, "modules": mods,
-            "public": public, "heavy_imports": sorted(m for m in _HEAVY if m in sys.modules)}
+            "public": public, "heavy_imports": sorted(m for m in _HEAVY if m in sys.modules and m not in _PRELOADED)}
     atomic_write(cache_path(cache, page.rel, ".json"), json.dumps(meta, indent=1))
