@@ -120,6 +120,17 @@ def _served_forecaster(cfg: TsfmEvalConfig, freq: str, counts: dict[str, int]) -
         yield Counted(), counts
 
 # %% ../../nbs/experiments/51a_steps.ipynb #cf2e53be
+def _runner_settings(cfg: TsfmEvalConfig) -> Any:
+    "The RunnerConfig of an evaluation: the runner YAML (or the built-in defaults) with the config's overrides."
+    from tsfm_wb.tsfm.runner.settings import RunnerConfig, load_runner_config
+    base = RunnerConfig() if cfg.runner_config is None else load_runner_config(cfg.runner_config)
+    return RunnerConfig.model_validate(_deep_merge(base.model_dump(), cfg.runner))
+
+def _served_settings(cfg: TsfmEvalConfig) -> Any:
+    "The width guards the runner serves with (its `postprocess_config`, else the defaults): what 'served' bands get."
+    from tsfm_wb.tsfm.postprocess import load_postprocess_settings
+    return load_postprocess_settings(_runner_settings(cfg).postprocess_config)
+
 @contextlib.contextmanager
 def _runner_forecaster(cfg: TsfmEvalConfig, freq: str) -> Iterator[tuple[Any, dict[str, int]]]:
     "(forecaster, answer counts) backed by a TSFMRunner on a background event loop (or the baseline chain)."
@@ -136,13 +147,11 @@ def _runner_forecaster(cfg: TsfmEvalConfig, freq: str) -> Iterator[tuple[Any, di
         yield base, counts; return
     from tsfm_wb.tsfm.fake_tollama import serve_fake_tollama
     from tsfm_wb.tsfm.runner.service import TSFMRunner
-    from tsfm_wb.tsfm.runner.settings import RunnerConfig, load_runner_config
     from tsfm_wb.tsfm.schemas import ModelSpec, TSFMForecastRequest, quantile_key
     from tsfm_wb.tsfm.tollama import TollamaAdapter, load_tollama_config
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(serve_fake_tollama(**cfg.fake)).url if cfg.backend == "fake" else cfg.base_url
-        base = RunnerConfig() if cfg.runner_config is None else load_runner_config(cfg.runner_config)
-        rc = RunnerConfig.model_validate(_deep_merge(base.model_dump(), cfg.runner))
+        rc = _runner_settings(cfg)
         tc = load_tollama_config(rc.runtime_config)
         runner = TSFMRunner(rc, adapter=TollamaAdapter(tc, base_url=url) if url else TollamaAdapter(tc))
         loop = asyncio.new_event_loop(); thread = threading.Thread(target=loop.run_forever, daemon=True); thread.start()
@@ -185,7 +194,7 @@ def tsfm_eval_step(run_dir: str | Path, config: TsfmEvalConfig | dict[str, Any])
     df, freq = _eval_data(cfg)
     with _runner_forecaster(cfg, freq) as (forecaster, counts):
         rep = evaluate_conformal(df, forecaster, cfg.horizon, seeds=cfg.seeds, test_fraction=cfg.test_fraction,
-                                 forecast_kw={"min_context": cfg.min_context, "stride": cfg.stride}, **cfg.calibrator)
+                                 settings=_served_settings(cfg), forecast_kw={"min_context": cfg.min_context, "stride": cfg.stride}, **cfg.calibrator)
     atomic_write_text(run_dir / "eval_table.csv", rep.table.to_csv(index=False))
     fig, ax = plt.subplots(figsize=(6, 3)); plot_coverage_by_horizon(rep, "time_split", ax=ax)
     figures = {"coverage by horizon (time split)": _save_fig(fig, run_dir / "figures" / "coverage_by_horizon.png")}
