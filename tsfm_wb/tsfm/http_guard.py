@@ -57,11 +57,10 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     "The first value of header `name` (lower case) of an ASGI scope."
     return next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name), None)
 
-def _json_message(status: int, body: dict[str, Any], rid: str, close: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    "The two ASGI messages of a JSON answer (`close`: with `Connection: close`, the server then drops the connection)."
+def _json_message(status: int, body: dict[str, Any], rid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    "The two ASGI messages of a JSON answer."
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), (b"x-request-id", rid.encode())]
-    if close: headers.append((b"connection", b"close"))
     return {"type": "http.response.start", "status": status, "headers": headers}, {"type": "http.response.body", "body": data}
 
 class BodyTooLarge(HTTPException):
@@ -126,24 +125,22 @@ class RequestGuard:
         m.observe("tsfm_http_request_duration_seconds", time.perf_counter() - t0, buckets=HTTP_BUCKETS_S, route=route)
         if ex.status >= 500: m.inc("tsfm_http_server_errors_total", error=ex.error or f"http_{ex.status}")
 
-    async def _answer(self, send: _Send, ex: _Exchange, status: int, detail: str, error: str, close: bool = False) -> None:
-        "Send a complete JSON error answer (`close`: and end the connection, for a body that will not be read)."
+    async def _answer(self, send: _Send, ex: _Exchange, status: int, detail: str, error: str) -> None:
+        "Send a complete JSON error answer."
         ex.status = status
-        for msg in _json_message(status, {"detail": detail, "error": error, "request_id": ex.rid}, ex.rid, close): await send(msg)
+        for msg in _json_message(status, {"detail": detail, "error": error, "request_id": ex.rid}, ex.rid): await send(msg)
 
     async def _serve(self, scope: dict[str, Any], receive: Any, send: _Send, ex: _Exchange) -> None:
         "Refuse an oversized body at once, else run the app; an error that escapes it becomes a JSON 500."
         limit, length = self.settings.max_body_bytes, _header(scope, b"content-length")
         if length is not None and not length.isdigit():
-            return await self._answer(send, ex, 400, f"Content-Length {length[:40]!r} is not a number", "BadRequest", close=True)
-        if length is not None and int(length) > limit:
-            return await self._answer(send, ex, 413, BodyTooLarge(limit).detail, "BodyTooLarge", close=True)
+            return await self._answer(send, ex, 400, f"Content-Length {length[:40]!r} is not a number", "BadRequest")
+        if length is not None and int(length) > limit: return await self._answer(send, ex, 413, BodyTooLarge(limit).detail, "BodyTooLarge")
 
         async def send_tagged(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 ex.status = message["status"]
-                extra = [(b"x-request-id", ex.rid.encode())] + ([(b"connection", b"close")] if ex.status == 413 else [])
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", ex.rid.encode())]}
             await send(message)
 
         try: await self.app(scope, _limited_receive(receive, limit), send_tagged)
