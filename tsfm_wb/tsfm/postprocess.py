@@ -20,7 +20,7 @@ __all__ = ['MIN_LOGIT_WIDTH', 'MIN_WIDTH', 'MAX_WIDTH', 'PostprocessSettings', '
            'check_quantile_matrix', 'postprocess_quantiles']
 
 # %% ../../nbs/tsfm/25_postprocess.ipynb #adafddb6
-MIN_LOGIT_WIDTH = 0.08  # narrowest allowed outer interval in logits (= 0.02 in probability at p = 0.5)
+MIN_LOGIT_WIDTH = 0.04  # narrowest allowed outer interval in logits (= one 0.01 price tick at p = 0.5)
 MIN_WIDTH = 0.0         # narrowest allowed outer interval in probability units (0: only the logit minimum)
 MAX_WIDTH = 0.6         # widest allowed outer interval (probability units)
 _BISECT_STEPS = 48      # bisection steps of the width solver (resolution 2**-48 of the bracket)
