@@ -21,7 +21,7 @@ from .grid import (ERROR_FILE, METRICS_FILE, PARITY_OUTPUT, MatrixConfig, RunSpe
 from .matrix import manifest_path, run_status
 from ..lab.train import BASELINE_NAMES
 from .workbench import STAGES, Section, WorkbenchContext, write_report
-from .tsfm_compare import RunComparison, data_label, fan_source, run_tables, side_by_side
+from .tsfm_compare import RunComparison, data_label, fan_source, lab_note, model_label, run_tables, side_by_side
 from ..tsfm.evaluation import plot_coverage_by_step
 
 # %% auto #0
@@ -293,7 +293,7 @@ def _fan_figure(runs: MatrixRuns, rids: Sequence[str], ctx: WorkbenchContext) ->
     "The fan charts of the first real model among `rids` (else of the first run), copied into the report."
     rid = fan_source({r: runs.tsfm[r] for r in rids}); rel = runs.tsfm[rid].get("figures", {}).get("fan charts")
     if rel is None: return None
-    return (f"fan charts of `{runs.tsfm[rid]['model']}` ({rid})", atomic_write_bytes(ctx.figures / f"{rid}_fan.png", (runs.run_dir(rid) / rel).read_bytes()))
+    return (f"fan charts of `{model_label(runs.tsfm[rid])}` ({rid})", atomic_write_bytes(ctx.figures / f"{rid}_fan.png", (runs.run_dir(rid) / rel).read_bytes()))
 
 def _tsfm_section(runs: MatrixRuns, ctx: WorkbenchContext) -> Section:
     "TSFM runs side by side per dataset: the comparison table, coverage by step of every run, a real model's fan charts."
@@ -301,8 +301,9 @@ def _tsfm_section(runs: MatrixRuns, ctx: WorkbenchContext) -> Section:
     for rid, (_, by_h) in tsfm_tables(runs).items():
         m = runs.tsfm[rid]
         atomic_write_text(ctx.out_dir / f"tsfm_{rid}.csv", by_h.to_csv(index=False))
-        lines.append(f"- `{rid}`: model `{m['model']}` ({m['backend']}) on {data_label(m)}, {m['n_forecasts']} forecasts, "
-                     f"horizon {m['horizon']}, fallback rate {m['fallback_rate']:.1%}; per-step table [tsfm_{rid}.csv](tsfm_{rid}.csv)")
+        lines.append(f"- `{rid}`: model `{model_label(m)}` ({m['backend']}) on {data_label(m)}, {m['n_forecasts']} forecasts, "
+                     f"horizon {m['horizon']}, fallback rate {m['fallback_rate']:.1%}; per-step table [tsfm_{rid}.csv](tsfm_{rid}.csv)"
+                     + lab_note(m))
     tables, figs = [], []
     for k, (data, (side, cmp)) in enumerate(tsfm_comparison(runs).items()):
         tables.append((f"{data}: side by side (online loop, pooled over steps)", side))

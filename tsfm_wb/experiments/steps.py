@@ -19,8 +19,8 @@ from ..core import ConfigError, StrictModel, _format_validation_error, atomic_wr
 from .grid import METRICS_FILE, _deep_merge
 
 # %% auto #0
-__all__ = ['STAGING_DIR', 'EVAL_AS_OF', 'SIMULATOR', 'train_eval_step', 'edge_parity_step', 'SimulatorConfig', 'TsfmEvalConfig',
-           'tsfm_eval_step', 'BenchmarkRunConfig', 'benchmark_step']
+__all__ = ['STAGING_DIR', 'EVAL_AS_OF', 'SIMULATOR', 'train_eval_step', 'edge_parity_step', 'SimulatorConfig', 'LabServedConfig',
+           'TsfmEvalConfig', 'lab_training_frame', 'tsfm_eval_step', 'BenchmarkRunConfig', 'benchmark_step']
 
 # %% ../../nbs/experiments/51a_steps.ipynb #9e91e2f2
 STAGING_DIR = "_train"
@@ -63,6 +63,11 @@ class SimulatorConfig(StrictModel):
     n_points: int = Field(100, ge=2)                           # 5-minute points per market
     seed: int = 2026
 
+class LabServedConfig(StrictModel):
+    "The lab estimator a TSFM run trains on its own data (logit space) and serves under the run's `model` name."
+    estimator: dict[str, Any] = {"cell": "gru", "base": "last", "units": 8, "max_epochs": 30, "patience": 5, "seed": 0}
+    levels: list[float] = [80.0, 90.0]                          # its served quantiles come from these interval levels
+
 class TsfmEvalConfig(StrictModel):
     "One TSFM evaluation run: backend, model, data, rolling-origin settings, runner and calibrator overrides."
     backend: Literal["fake", "tollama", "baseline", "model_server"] = "fake"  # fake: embedded fake daemon; tollama: a running
@@ -81,6 +86,7 @@ class TsfmEvalConfig(StrictModel):
     seeds: list[int] = [0]                                     # event-holdout seeds (pooled)
     calibrator: dict[str, Any] = {}                            # ConformalCalibrator overrides, e.g. min_samples
     test_fraction: float = Field(0.2, gt=0, lt=1)              # last share of each series' time scored by the time split
+    lab: LabServedConfig | None = None                         # model_server only: train the lab estimator and serve it as `model`
 
     @model_validator(mode="after")
     def _data_fits(self) -> TsfmEvalConfig:
@@ -90,6 +96,8 @@ class TsfmEvalConfig(StrictModel):
         sim = self.simulator or SimulatorConfig()
         if self.dataset == SIMULATOR and sim.n_points <= self.min_context + self.horizon:
             raise ValueError(f"key 'simulator.n_points' ({sim.n_points}) must exceed min_context + horizon = {self.min_context + self.horizon}")
+        if self.lab is not None and self.backend != "model_server":
+            raise ValueError(f"key 'lab' needs backend: model_server (the model server hosts the trained estimator), got {self.backend!r}")
         return self
 
 def _eval_data(cfg: TsfmEvalConfig) -> tuple[Any, str]:
@@ -103,12 +111,35 @@ def _eval_data(cfg: TsfmEvalConfig) -> tuple[Any, str]:
         raise ConfigError(f"tsfm config key 'dataset': unknown dataset {cfg.dataset!r}; choose from {sorted([*DATASETS, SIMULATOR])}")
     return load_dataset(cfg.dataset, gaps="drop"), DATASETS[cfg.dataset].freq
 
+# %% ../../nbs/experiments/51a_steps.ipynb #e9207d97
+def lab_training_frame(df: Any, test_fraction: float) -> Any:
+    "Each series up to the time split's cut (the points it never scores), in logit space as the server receives them."
+    import numpy as np
+    import pandas as pd
+    from tsfm_wb.tsfm.baselines import EPS, logit
+    parts = [g.iloc[: int(np.floor((1 - test_fraction) * len(g)))] for _, g in df.sort_values(["unique_id", "ds"]).groupby("unique_id")]
+    out = pd.concat(parts, ignore_index=True)[["unique_id", "ds", "y"]]
+    return out.assign(y=logit(out["y"].to_numpy(float), EPS))
+
+def _train_lab(cfg: TsfmEvalConfig, df: Any, run_dir: Path) -> dict[str, Any]:
+    "Fit and export the run's lab estimator into `run_dir/served`; what was trained, on what, in how long."
+    from tsfm_wb.lab.estimator import SplineLSTM
+    from tsfm_wb.lab.served_estimator import SERVED_DIR, export_served
+    t0, train = time.perf_counter(), lab_training_frame(df, cfg.test_fraction)
+    est = SplineLSTM(h=cfg.horizon, input_size=cfg.min_context, **cfg.lab.estimator).fit(train)
+    export_served(est, run_dir / SERVED_DIR, level=cfg.lab.levels)
+    return {"estimator": cfg.lab.estimator, "levels": cfg.lab.levels, "trained_points": len(train), "served": SERVED_DIR,
+            "chosen": est.fitted_["chosen"], "freq": est.fitted_["freq"],
+            "train_seconds": round(time.perf_counter() - t0, 2)}
+
 # %% ../../nbs/experiments/51a_steps.ipynb #c8b51ebe
-def _served_forecaster(cfg: TsfmEvalConfig, freq: str, counts: dict[str, int]) -> Iterator[tuple[Any, dict[str, int]]]:
+def _served_forecaster(cfg: TsfmEvalConfig, freq: str, counts: dict[str, int], lab_dir: Path | None = None
+                       ) -> Iterator[tuple[Any, dict[str, int]]]:
     "A batch forecaster against the model server, started in a child process on a free port and stopped even on error."
     from tsfm_wb.tsfm.evaluation import TollamaForecaster
     from tsfm_wb.tsfm.model_server import model_server_process
-    with model_server_process("--models", cfg.model, "--workers", "1") as proc:
+    models = ("--models", "mock", "--lab", f"{cfg.model}={lab_dir}") if lab_dir else ("--models", cfg.model)   # mock: inline, no worker
+    with model_server_process(*models, "--workers", "1") as proc:
         fc = TollamaForecaster(proc.url, cfg.model, freq, concurrency=1)
         class Counted:
             "Counts the served requests (one per origin) as answers of 'tollama'."
@@ -132,15 +163,15 @@ def _served_settings(cfg: TsfmEvalConfig) -> Any:
     return load_postprocess_settings(_runner_settings(cfg).postprocess_config)
 
 @contextlib.contextmanager
-def _runner_forecaster(cfg: TsfmEvalConfig, freq: str) -> Iterator[tuple[Any, dict[str, int]]]:
-    "(forecaster, answer counts) backed by a TSFMRunner on a background event loop (or the baseline chain)."
+def _runner_forecaster(cfg: TsfmEvalConfig, freq: str, lab_dir: Path | None = None) -> Iterator[tuple[Any, dict[str, int]]]:
+    "(forecaster, answer counts) backed by a TSFMRunner on a background event loop (or the baseline chain, or the model server)."
     import asyncio
     import threading
     import numpy as np
     from tsfm_wb.tsfm.evaluation import baseline_quantiles
     counts: dict[str, int] = {}
     if cfg.backend == "model_server":
-        yield from _served_forecaster(cfg, freq, counts); return
+        yield from _served_forecaster(cfg, freq, counts, lab_dir); return
     if cfg.backend == "baseline":
         def base(y: Any, h: int, qs: Sequence[float]) -> Any:
             counts["baseline"] = counts.get("baseline", 0) + 1; return baseline_quantiles(y, h, qs)
@@ -192,7 +223,8 @@ def tsfm_eval_step(run_dir: str | Path, config: TsfmEvalConfig | dict[str, Any])
     except ValidationError as e: raise ConfigError(_format_validation_error(Path("tsfm config"), e)) from None
     run_dir, t0 = Path(run_dir), time.perf_counter()
     df, freq = _eval_data(cfg)
-    with _runner_forecaster(cfg, freq) as (forecaster, counts):
+    lab = _train_lab(cfg, df, run_dir) if cfg.lab else None
+    with _runner_forecaster(cfg, freq, run_dir if lab else None) as (forecaster, counts):
         rep = evaluate_conformal(df, forecaster, cfg.horizon, seeds=cfg.seeds, test_fraction=cfg.test_fraction,
                                  settings=_served_settings(cfg), forecast_kw={"min_context": cfg.min_context, "stride": cfg.stride}, **cfg.calibrator)
     atomic_write_text(run_dir / "eval_table.csv", rep.table.to_csv(index=False))
@@ -208,7 +240,8 @@ def tsfm_eval_step(run_dir: str | Path, config: TsfmEvalConfig | dict[str, Any])
                "n_series": int(df["unique_id"].nunique()), "answers": counts,
                "fallback_rate": 0.0 if cfg.backend == "baseline" else 1 - counts.get("tollama", 0) / max(n, 1),
                "coverage": pooled[["scheme", "level", "band", "n", "applied", "coverage", "width", "winkler", "pinball"]].to_dict("records"),
-               "files": {"table": "eval_table.csv"}, "figures": figures, "seconds": time.perf_counter() - t0}
+               "files": {"table": "eval_table.csv"}, "figures": figures, "seconds": time.perf_counter() - t0,
+               **({"lab": lab} if lab else {})}
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     return {"metrics": metrics, "coverage_by_horizon": rep.coverage_by_horizon("time_split")}
 

@@ -15,7 +15,7 @@ import pandas as pd
 from ..tsfm.evaluation import LEVELS, Comparison, EvalReport, plot_coverage_by_step  # EvalReport: the inherited field's annotation
 
 # %% auto #0
-__all__ = ['RunComparison', 'coverage_cell', 'data_label', 'run_tables', 'fan_source', 'side_by_side']
+__all__ = ['RunComparison', 'coverage_cell', 'data_label', 'model_label', 'lab_note', 'run_tables', 'fan_source', 'side_by_side']
 
 # %% ../../nbs/experiments/51b_tsfm_compare.ipynb #91f229ce
 @dataclass
@@ -37,11 +37,23 @@ def data_label(metrics: Mapping[str, Any]) -> str:
     sim = metrics.get("simulator")
     return metrics["dataset"] + (f" ({sim['n_markets']} markets x {sim['n_points']} points, seed {sim['seed']})" if sim else "")
 
+def model_label(metrics: Mapping[str, Any]) -> str:
+    "What answered a TSFM run: its model, or 'baseline chain' for the baseline backend (whose config's model is unused)."
+    return "baseline chain" if metrics["backend"] == "baseline" else metrics["model"]
+
+def lab_note(m: Mapping[str, Any]) -> str:
+    "What a run that trained the lab's estimator trained, on which points, and what that means for its scores ('' for others)."
+    lab = m.get("lab")
+    if not lab: return ""
+    return (f"; the lab estimator ({lab['chosen']}, {lab['estimator'].get('units', '?')} units) was trained in the run on "
+            f"{lab['trained_points']} points before the time split's cut ({lab['train_seconds']:.0f} s): its time-split scores are "
+            "out of sample, its online and event-holdout scores include origins of the training period")
+
 def _side_row(name: str, m: Mapping[str, Any], cmp: RunComparison, summ: pd.DataFrame, scheme: str) -> dict[str, Any]:
     "One side-by-side row: coverage cells per level and band, the served 90% band by step and its scores."
     mine = summ[summ["source"] == name]
     pick = lambda band, lv: mine[(mine["band"] == band) & np.isclose(mine["level"], lv)].iloc[0]
-    row = {"run": name, "model": "baseline chain" if m["backend"] == "baseline" else m["model"], "backend": m["backend"],
+    row = {"run": name, "model": model_label(m), "backend": m["backend"],
            "n": int(mine["n"].iloc[0])}
     row.update({f"{b} {round(100 * lv)}%": coverage_cell(pick(b, lv)) for lv in LEVELS for b in ("raw", "adjusted", "served")})
     srv, adj = (cmp.coverage_by_step(b, 0.9, scheme)[name] for b in ("served", "adjusted"))
