@@ -5,7 +5,6 @@
 # %% ../../nbs/lab/13e_estimator.ipynb #b738a55c
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,12 +18,14 @@ from ..core import (ConfigError, DataValidationError, ModelError, atomic_save_np
                           load_npz, read_json)
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
-from .panel import (BASES, cv_cutoffs, SeriesData, Windows, check_panel, concat_windows, default_input_size, design, exog_stats,
+from .panel import (BASES, base_data, cv_cutoffs, SeriesData, Windows, check_panel, concat_windows, default_input_size,
+                               design, exog_stats, scaled_mae,
                                panel_freq, part_windows, prepare_series, season_length_for, series_windows, tail_length)
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
-from .training import network_outputs, train_network
+from .training import network_outputs, save_keras, train_network
+from .stat_base import MIX, STAT_MODELS, check_stat_models, final_forecasts, stat_candidates
 
 # %% auto #0
 __all__ = ['CELLS', 'AUTO', 'ENSEMBLE', 'BASE_ONLY', 'BASE_CHOOSER', 'DEFAULT_ALIAS', 'DEFAULT_UNITS', 'DEFAULT_LOSS',
@@ -71,6 +72,7 @@ class SplineLSTM:
                  val_size: int | None = None,            # validation tail per series (steps); None: max(2 h, 20%)
                  refit: bool = True,                     # retrain on all data for the chosen epochs
                  n_seeds: int = 1,                       # networks per cell, averaged (seed, seed + 1, ...)
+                 stat_models: Sequence[str] = STAT_MODELS,  # statistical candidates of cell='auto' (() for none)
                  level: Sequence[float] | None = DEFAULT_LEVELS,   # default interval levels of predict
                  quantiles: Sequence[float] | None = None,          # alternative to level: bounding quantiles
                  hist_exog_list: Sequence[str] = (), futr_exog_list: Sequence[str] = (), stat_exog_list: Sequence[str] = (),
@@ -86,12 +88,13 @@ class SplineLSTM:
         for k, v in dict(batch_size=batch_size, max_epochs=max_epochs, patience=patience, n_seeds=n_seeds).items(): _positive_int(v, k)
         _positive_int(val_size, "val_size", True); _positive_int(season_length, "season_length", True)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0: raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
+        stat_models = check_stat_models(stat_models)
         self.levels_default = check_levels([*check_levels(level), *quantiles_to_levels(quantiles)])
         spline = {**DEFAULT_SPLINE, **(spline or {})}
         SplinePreprocessor(**spline)                                 # ConfigError on a bad option
         self._params = dict(h=self.h, input_size=self.input_size, cell=cell, base=base, units=units, layers=layers, dropout=dropout,
                             learning_rate=learning_rate, loss=loss, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-                            val_size=val_size, refit=bool(refit), n_seeds=n_seeds, level=None if level is None else list(level),
+                            val_size=val_size, refit=bool(refit), n_seeds=n_seeds, stat_models=stat_models, level=None if level is None else list(level),
                             quantiles=None if quantiles is None else list(quantiles), hist_exog_list=list(hist_exog_list),
                             futr_exog_list=list(futr_exog_list), stat_exog_list=list(stat_exog_list), freq=freq,
                             season_length=season_length, spline=spline, seed=int(seed), alias=str(alias), verbose=bool(verbose))
@@ -151,18 +154,6 @@ def _train(self: SplineLSTM, cell: str, X: np.ndarray, Y: np.ndarray, seed: int,
                          batch_size=self.batch_size, patience=self.patience, verbose=self.verbose, desc=desc)
 
 # %% ../../nbs/lab/13e_estimator.ipynb #8a4a2c0d
-def _base_data(tr: Windows, va: Windows, h: int, base: str, m: int, stats: dict[str, list[float]]) -> dict[str, np.ndarray]:
-    "Scaled training and validation arrays for one base, with what scoring the validation windows needs."
-    Xtr, s_tr, b_tr = design(tr, h, base, m, stats)
-    Xva, s_va, b_va = design(va, h, base, m, stats)
-    f32 = lambda a: a.astype(np.float32)
-    return {"Xtr": Xtr, "Ytr": f32((tr.Y - b_tr) / s_tr[:, None]), "Xva": Xva, "Yva": f32((va.Y - b_va) / s_va[:, None]),
-            "s": s_va, "b": b_va, "O": va.O}
-
-def _val_score(out: np.ndarray, data: dict[str, np.ndarray]) -> float:
-    "Validation MAE in scaled units over observed targets."
-    return float(np.nanmean(np.abs(data["O"] - (data["b"] + data["s"][:, None] * out)) / data["s"][:, None]))
-
 @patch
 def _candidate(self: SplineLSTM, cell: str, base: str, data: dict[str, np.ndarray]) -> dict[str, Any]:
     "n_seeds early-stopped networks of one (cell, base), their mean validation output and its score."
@@ -172,13 +163,14 @@ def _candidate(self: SplineLSTM, cell: str, base: str, data: dict[str, np.ndarra
         members.append({"cell": cell, "base": base, "seed": self.seed + i, "model": model, "history": hist, "reps": reps})
     out = network_outputs([mm["model"] for mm in members], data["Xva"], self.h)
     return {"name": f"{cell}/{base}", "cell": cell, "base": base, "members": members, "val_out": out,
-            "score": _val_score(out, data), "fit_s": time.perf_counter() - t0}
+            "score": scaled_mae(out, data), "fit_s": time.perf_counter() - t0}
 
 @patch
-def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: dict[str, list[float]]) -> tuple[list[dict], dict, dict]:
-    "Every candidate, the chosen one, and the chosen base's arrays."
+def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: dict[str, list[float]],
+            series: list[SeriesData]) -> tuple[list[dict], dict, dict, dict[str, str]]:
+    "Every candidate, the chosen one, the bases' arrays and the statistical models that failed."
     bases = [self.base] if self.base != AUTO else [b for b in BASES if b == "last" or (m > 1 and L >= m + (b == "seasonal_level"))]
-    data = {b: _base_data(tr, va, self.h, b, m, stats) for b in bases}
+    data = {b: base_data(tr, va, self.h, b, m, stats) for b in bases}
     first = BASE_CHOOSER if self.cell == AUTO else self.cell
     cands = [self._candidate(first, b, data[b]) for b in bases]
     base = min(cands, key=lambda c: c["score"])["base"]
@@ -187,11 +179,15 @@ def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: d
         cells = [c for c in cands if c["base"] == base]
         out = np.mean([c["val_out"] for c in cells], axis=0)
         cands.append({"name": f"{ENSEMBLE}/{base}", "cell": ENSEMBLE, "base": base, "members": [mm for c in cells for mm in c["members"]],
-                      "val_out": out, "score": _val_score(out, data[base]), "fit_s": sum(c["fit_s"] for c in cells)})
+                      "val_out": out, "score": scaled_mae(out, data[base]), "fit_s": sum(c["fit_s"] for c in cells)})
         zero = lambda b: np.zeros_like(data[b]["Yva"], dtype=np.float64)
         cands += [{"name": f"{BASE_ONLY}/{b}", "cell": BASE_ONLY, "base": b, "members": [], "val_out": zero(b),
-                   "score": _val_score(zero(b), data[b]), "fit_s": 0.0} for b in bases]
-    return cands, min(cands, key=lambda c: c["score"]), data
+                   "score": scaled_mae(zero(b), data[b]), "fit_s": 0.0} for b in bases]
+    failed: dict[str, str] = {}
+    if self.cell == AUTO and self.stat_models:
+        stat, failed = stat_candidates(series, va, self.stat_models, m, self.h, base, data[base], cands)
+        cands += stat
+    return cands, min(cands, key=lambda c: c["score"]), data, failed
 
 # %% ../../nbs/lab/13e_estimator.ipynb #928ebec5
 @patch
@@ -220,16 +216,18 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
     if tr is None or va is None:
         raise DataValidationError(f"no usable {'training' if tr is None else 'validation'} window: every one touches a gap longer than "
                                   f"spline max_gap ({self.spline['max_gap']}); raise it or lower input_size")
-    cands, chosen, data = self._select(tr, va, m, L, stats)
+    cands, chosen, data, failed = self._select(tr, va, m, L, stats, series)
     d = data[chosen["base"]]
     scores = (d["O"] - (d["b"] + d["s"][:, None] * chosen["val_out"])) / d["s"][:, None]
     full = self._series(groups, freq)
     self.models_, n_refit = self._final_models(chosen, full, L, m, stats)
     self.scores_, self.series_ = scores, full
+    self.stat_fc_ = final_forecasts(full, chosen["stat"], m, self.h) if chosen.get("stat") else None
     self.frame_ = df[["unique_id", "ds", "y", *self.covariates, *self.stat_exog_list]].reset_index(drop=True)
     quality = panel_quality(full, L).assign(val_tail=[tails[sd.uid] for sd in full])
     self.fitted_ = {
         "freq": freq, "season_length": m, "input_size": L, "chosen": chosen["name"], "cell": chosen["cell"], "base": chosen["base"],
+        "stat": chosen.get("stat", []), "net_weight": chosen.get("net_weight", 1.0), "stat_failures": failed,
         "members": [{"cell": mm["cell"], "seed": mm["seed"], "epochs": overfit_signal(mm["history"])["best_epoch"], "reps": mm["reps"]}
                     for mm in chosen["members"]],
         "stats": stats, "n_series": len(full), "n_windows": {"train": len(tr), "val": len(va), "refit": n_refit},
@@ -237,7 +235,7 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
                        "fit_s": round(c["fit_s"], 3), "chosen": c is chosen} for c in cands],
         "training": [{"candidate": c["name"], "seed": mm["seed"], **overfit_signal(mm["history"]),
                       "final_loss": mm["history"]["loss"][-1], "best_val_loss": min(mm["history"]["val_loss"])}
-                     for c in cands if c["cell"] != ENSEMBLE for mm in c["members"]],
+                     for c in cands if c["cell"] != ENSEMBLE and not c["name"].startswith(MIX) for mm in c["members"]],
         "diagnostics": frame_records(quality), "calibration_n": np.isfinite(scores).sum(axis=0).tolist(),
         "fit_seconds": round(time.perf_counter() - t0, 3)}
     return self
@@ -289,8 +287,8 @@ def _with_future(self: SplineLSTM, series: list[SeriesData], futr_df: pd.DataFra
     return out
 
 @patch
-def _forecast(self: SplineLSTM, series: list[SeriesData]) -> tuple[np.ndarray, np.ndarray]:
-    "Point forecasts [N, h] in original units and window scales [N] from the end of each series."
+def _forecast(self: SplineLSTM, series: list[SeriesData], stat: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    "Point forecasts [N, h] in original units and window scales [N] from the end of each series (`stat`: their stat part)."
     f, ws = self.fitted_, []
     for k, sd in enumerate(series):
         w, ok = series_windows(sd, np.array([sd.n_steps - 1]), f["input_size"], self.h, len(self.hist_exog_list), k)
@@ -299,7 +297,10 @@ def _forecast(self: SplineLSTM, series: list[SeriesData]) -> tuple[np.ndarray, n
                                       f"({self.spline['max_gap']}); pass more recent observations or raise max_gap")
         ws.append(w)
     X, s, b = design(concat_windows(ws), self.h, f["base"], f["season_length"], f["stats"])
-    return b + s[:, None] * network_outputs(self.models_, X, self.h), s
+    point = b + s[:, None] * network_outputs(self.models_, X, self.h)
+    if not f.get("stat"): return point, s
+    stat = final_forecasts(series, f["stat"], f["season_length"], self.h) if stat is None else stat
+    return f["net_weight"] * point + (1 - f["net_weight"]) * stat, s
 
 @patch
 def predict(self: SplineLSTM, h: int | None = None, futr_df: pd.DataFrame | None = None, level: Sequence[float] | None = None,
@@ -310,7 +311,7 @@ def predict(self: SplineLSTM, h: int | None = None, futr_df: pd.DataFrame | None
     if h > self.h: raise ConfigError(f"h={h} exceeds the fitted horizon {self.h}; fit with h={h} to forecast that far")
     levels = self.levels_default if level is None and quantiles is None else check_levels([*check_levels(level), *quantiles_to_levels(quantiles)])
     series = self._with_future(self.series_ if df is None else self._new_series(df), futr_df)
-    point, s = self._forecast(series)
+    point, s = self._forecast(series, self.stat_fc_ if df is None else None)
     bounds = interval_bounds(point, s, conformal_offsets(self.scores_, levels)) if levels else {}
     ds = [pd.date_range(sd.grid[-1], periods=h + 1, freq=self.fitted_["freq"])[1:] for sd in series]
     out = pd.DataFrame({"unique_id": np.repeat(np.asarray([sd.uid for sd in series], dtype=object), h),
@@ -352,14 +353,6 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
     return out[["unique_id", "ds", "cutoff", "y", *[c for c in out.columns if c.startswith(self.alias)]]]
 
 # %% ../../nbs/lab/13e_estimator.ipynb #399ea67d
-def _save_keras(model: Any, path: Path) -> Path:
-    "Save a Keras model through a temporary `.keras` file and an atomic rename."
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    try: model.save(tmp); os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
-    return path
-
 def _id_array(uid: pd.Series) -> np.ndarray:
     "unique_id values as a numeric or unicode array (never object, which would need pickle)."
     a = uid.to_numpy()
@@ -371,9 +364,10 @@ def save(self: SplineLSTM, path: str | Path) -> Path:
     "Write the fitted estimator to folder `path`: estimator.json, member_<i>.keras, state.npz."
     self._check_fitted()
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    for i, m in enumerate(self.models_): _save_keras(m, path / f"member_{i}.keras")
+    for i, m in enumerate(self.models_): save_keras(m, path / f"member_{i}.keras")
     f, cols = self.frame_, [*self.covariates, *self.stat_exog_list]
-    atomic_save_npz(path / STATE_FILE, scores=self.scores_, unique_id=_id_array(f["unique_id"]),
+    stat_fc = self.stat_fc_ if self.stat_fc_ is not None else np.zeros((0, self.h))
+    atomic_save_npz(path / STATE_FILE, scores=self.scores_, stat_fc=stat_fc, unique_id=_id_array(f["unique_id"]),
                     ds=f["ds"].to_numpy("datetime64[ns]").astype(np.int64), y=f["y"].to_numpy(float),
                     exog=f[cols].to_numpy(float).reshape(len(f), len(cols)))
     atomic_write_json(path / ESTIMATOR_FILE, {"type": "SplineLSTM", "format": 1, "params": self.get_params(), "fitted": self.fitted_})
@@ -392,6 +386,7 @@ def load(cls: SplineLSTM, path: str | Path) -> SplineLSTM:
     est.models_ = [keras.models.load_model(path / f"member_{i}.keras") for i in range(len(est.fitted_["members"]))]
     cols = [*est.covariates, *est.stat_exog_list]
     est.scores_ = st["scores"]
+    est.stat_fc_ = st["stat_fc"] if len(st.get("stat_fc", ())) else None
     est.frame_ = pd.DataFrame({"unique_id": st["unique_id"], "ds": pd.to_datetime(st["ds"]), "y": st["y"],
                                **{c: st["exog"][:, j] for j, c in enumerate(cols)}})
     est.series_ = est._series(list(est.frame_.groupby("unique_id", sort=False)), est.fitted_["freq"])

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from ..core import ConfigError, DataValidationError
+from ..core import ConfigError, DataValidationError, ModelError
 from .panel import SCALE_FLOOR_ABS, SCALE_FLOOR_REL, Windows, concat_windows, series_windows, window_ends
 from .intervals import check_levels, conformal_offsets, interval_columns
 from .estimator import SplineLSTM
@@ -76,6 +76,8 @@ def serving_model(est: SplineLSTM, level: Sequence[float] | None = None) -> Any:
     "One Keras model: raw window [B, L, C] -> [B, h * (1 + 2 n_levels)] point and interval bounds in original units."
     import keras
     est._check_fitted(); f = est.fitted_
+    if f.get("stat"): raise ModelError(f"this SplineLSTM chose {f['chosen']!r}, whose statistical part ({f['stat']}) has no network graph "
+                                       "to export; fit it with stat_models=() to export a network-only estimator")
     levels = est.levels_default if level is None else check_levels(level)
     WindowScaler, IntervalHead = serving_layers()
     L, C = f["input_size"], 1 + len(est.covariates) + len(est.stat_exog_list)

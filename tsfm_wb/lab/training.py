@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from .models import build_model
 
 # %% auto #0
 __all__ = ['MIN_STEPS_PER_EPOCH', 'seed_training', 'quiet_tf_logs', 'epoch_repeats', 'loss_value', 'validation_callback',
-           'progress_bar', 'network_outputs', 'train_network']
+           'progress_bar', 'network_outputs', 'save_keras', 'train_network']
 
 # %% ../../nbs/lab/13d_training.ipynb #b94cf7d2
 MIN_STEPS_PER_EPOCH = 16                       # small data: windows repeat within an epoch to reach this many batches
@@ -73,6 +75,15 @@ def network_outputs(models: Sequence[Any], X: np.ndarray, h: int) -> np.ndarray:
     "Mean output [B, h] of the networks (zeros when there are none: the base forecast itself)."
     if not models: return np.zeros((len(X), h))
     with quiet_tf_logs(): return np.mean([np.asarray(m.predict(X, batch_size=1024, verbose=0), dtype=np.float64) for m in models], axis=0)
+
+# %% ../../nbs/lab/13d_training.ipynb #9c4f32f3
+def save_keras(model: Any, path: Path) -> Path:
+    "Save a Keras model through a temporary `.keras` file and an atomic rename."
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    try: model.save(tmp); os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+    return path
 
 # %% ../../nbs/lab/13d_training.ipynb #884ea851
 def train_network(cell: str, X: np.ndarray, Y: np.ndarray, seed: int, h: int, hparams: dict[str, Any],
