@@ -126,7 +126,7 @@ def _train_lab(cfg: TsfmEvalConfig, df: Any, run_dir: Path) -> dict[str, Any]:
     from tsfm_wb.lab.estimator import SplineLSTM
     from tsfm_wb.lab.served_estimator import SERVED_DIR, export_served
     t0, train = time.perf_counter(), lab_training_frame(df, cfg.test_fraction)
-    est = SplineLSTM(h=cfg.horizon, input_size=cfg.min_context, **cfg.lab.estimator).fit(train)
+    est = SplineLSTM(h=cfg.horizon, **{"input_size": cfg.min_context, **cfg.lab.estimator}).fit(train)   # lookback: the context unless set
     export_served(est, run_dir / SERVED_DIR, level=cfg.lab.levels)
     return {"estimator": cfg.lab.estimator, "levels": cfg.lab.levels, "trained_points": len(train), "served": SERVED_DIR,
             "chosen": est.fitted_["chosen"], "freq": est.fitted_["freq"],

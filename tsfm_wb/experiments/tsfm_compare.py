@@ -46,8 +46,9 @@ def lab_note(m: Mapping[str, Any]) -> str:
     lab = m.get("lab")
     if not lab: return ""
     return (f"; the lab estimator ({lab['chosen']}, {lab['estimator'].get('units', '?')} units) was trained in the run on "
-            f"{lab['trained_points']} points before the time split's cut ({lab['train_seconds']:.0f} s): its time-split scores are "
-            "out of sample, its online and event-holdout scores include origins of the training period")
+            f"{lab['trained_points']} points before the time split's cut ({lab['train_seconds']:.0f} s): its time-split and online "
+            "scores (both score the outcomes after the cut) are out of sample; its event-holdout scores include origins of the "
+            "training period")
 
 def _side_row(name: str, m: Mapping[str, Any], cmp: RunComparison, summ: pd.DataFrame, scheme: str) -> dict[str, Any]:
     "One side-by-side row: coverage cells per level and band, the served 90% band by step and its scores."
