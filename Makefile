@@ -20,9 +20,9 @@ export CUDA_VISIBLE_DEVICES :=
 export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-# The reader notebooks nbval runs top to bottom (the tour, the EDA, the replay; outputs are data-dependent, hence
-# --nbval-lax). Every notebook, these included, is executed by `make nbtest`.
-NBVAL_NBS := nbs/index.ipynb nbs/lab/16_eda.ipynb nbs/tsfm/41_replay.ipynb
+# The reader notebooks nbval runs top to bottom in a Jupyter kernel (the tour, the EDA, the front door; outputs are
+# data-dependent, hence --nbval-lax). Every notebook, these included, is executed by `make nbtest`.
+NBVAL_NBS := nbs/index.ipynb nbs/lab/16_eda.ipynb nbs/60_front_door.ipynb
 
 .PHONY: help install run test export check-export nbtest pytest nbval lab docs bench fuzz clean lock api-pin serve serve-models matrix
 

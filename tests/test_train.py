@@ -198,7 +198,7 @@ def test_comparison_report(run42, run2026, tmp_path):
 
 
 def test_run_comparison_runs_each_model_and_seed(tmp_path):
-    res = run_comparison(_quick(tmp_path, epochs=1), model_types=["gru", "attention_lstm"], seeds=[3, 4])
+    res = run_comparison(_quick(tmp_path, epochs=1, max_rows=400), model_types=["gru", "attention_lstm"], seeds=[3, 4])
     assert [(r.config.model_type, r.config.seed) for r in res] == [("gru", 3), ("gru", 4), ("attention_lstm", 3), ("attention_lstm", 4)]
     assert len({r.run_dir for r in res}) == 4 and all((r.run_dir / "metrics.json").exists() for r in res)
 
