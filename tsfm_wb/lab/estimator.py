@@ -19,7 +19,7 @@ from ..core import (ConfigError, DataValidationError, ModelError, atomic_save_np
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
 from .panel import (BASES, base_data, cv_cutoffs, SeriesData, Windows, check_panel, concat_windows, default_input_size,
-                               design, exog_stats, scaled_mae,
+                               design, exog_stats, scaled_mae, scaled_residuals,
                                panel_freq, part_windows, prepare_series, season_length_for, series_windows, tail_length)
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
@@ -218,7 +218,7 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
                                   f"spline max_gap ({self.spline['max_gap']}); raise it or lower input_size")
     cands, chosen, data, failed = self._select(tr, va, m, L, stats, series)
     d = data[chosen["base"]]
-    scores = (d["O"] - (d["b"] + d["s"][:, None] * chosen["val_out"])) / d["s"][:, None]
+    scores = scaled_residuals(chosen["val_out"], d)
     full = self._series(groups, freq)
     self.models_, n_refit = self._final_models(chosen, full, L, m, stats)
     self.scores_, self.series_ = scores, full

@@ -22,7 +22,7 @@ from .spline import SplinePreprocessor, SplineResult, regular_grid
 __all__ = ['BASES', 'SCALE_FLOOR_REL', 'SCALE_FLOOR_ABS', 'VAL_FRACTION', 'season_length_for', 'check_panel', 'panel_freq',
            'SeriesData', 'prepare_series', 'Windows', 'window_ends', 'series_windows', 'concat_windows',
            'select_windows', 'window_scale', 'base_forecast', 'scale_windows', 'tail_length', 'default_input_size',
-           'part_windows', 'exog_stats', 'design', 'base_data', 'scaled_mae', 'cv_cutoffs']
+           'part_windows', 'exog_stats', 'design', 'base_data', 'scaled_residuals', 'scaled_mae', 'cv_cutoffs']
 
 # %% ../../nbs/lab/13a_panel.ipynb #823fd973
 BASES = ("last", "seasonal", "seasonal_level")   # what the network's scaled offsets are added to
@@ -236,9 +236,13 @@ def base_data(tr: Windows, va: Windows, h: int, base: str, m: int, stats: dict[s
     return {"Xtr": Xtr, "Ytr": f32((tr.Y - b_tr) / s_tr[:, None]), "Xva": Xva, "Yva": f32((va.Y - b_va) / s_va[:, None]),
             "s": s_va, "b": b_va, "O": va.O}
 
+def scaled_residuals(out: np.ndarray, data: dict[str, np.ndarray]) -> np.ndarray:
+    "Validation errors [B, h] of scaled outputs `out` in the windows' scale (NaN where the target is unobserved)."
+    return (data["O"] - (data["b"] + data["s"][:, None] * out)) / data["s"][:, None]
+
 def scaled_mae(out: np.ndarray, data: dict[str, np.ndarray]) -> float:
     "Validation MAE of scaled outputs `out` [B, h] in the windows' scale, over observed targets (`data` from `base_data`)."
-    return float(np.nanmean(np.abs(data["O"] - (data["b"] + data["s"][:, None] * out)) / data["s"][:, None]))
+    return float(np.nanmean(np.abs(scaled_residuals(out, data))))
 
 # %% ../../nbs/lab/13a_panel.ipynb #c505eb91
 def cv_cutoffs(grid: pd.DatetimeIndex, h: int, n_windows: int, step_size: int) -> list[pd.Timestamp]:

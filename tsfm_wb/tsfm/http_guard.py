@@ -148,6 +148,7 @@ class RequestGuard:
             _log.exception("unhandled error answered 500", extra={"request_id": ex.rid, "path": scope.get("path")})
             started = ex.status != 0
             ex.error = type(e).__name__
+            if ex.counted: self.metrics.inc("tsfm_http_server_errors_total", error=ex.error)   # raised after a complete answer
             if started: ex.status = max(ex.status, 500); return          # the answer had begun: nothing more can be sent
             await self._answer(send, ex, 500, f"internal error ({type(e).__name__}); quote request id {ex.rid} when reporting it",
                                "InternalError")
