@@ -50,10 +50,10 @@ def forecast_log():
 
 
 def make_runner(fake: FakeTollama, phase: str | None = "full", *, monitor: bool = False, clock: Clock | None = None,
-                settings: RolloutSettings | None = None, **cfg: Any) -> TSFMRunner:
+                settings: RolloutSettings | None = None, deadline_s: float = 1.0, **cfg: Any) -> TSFMRunner:
     """A runner on the fake daemon, with a rollout in `phase` (None: no rollout) and optionally a health monitor."""
     clock = clock or Clock()
-    adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=1.0, max_retries=0))
+    adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=deadline_s, max_retries=0))
     rollout = RolloutController(settings or RolloutSettings(current_phase=phase)) if phase or settings else None
     health = HealthMonitor(adapter.health, clock=clock) if monitor else None
     return TSFMRunner(RunnerConfig(**cfg), adapter=adapter, guard=LicenseGuard(REGISTRY), postprocess=PP, rollout=rollout,
@@ -129,7 +129,9 @@ def test_canary_serves_the_tsfm_band_only_to_its_cohort(fake):
     reqs = [market(i) for i in range(200)]
     cohort = {q.market_id for q in reqs if in_cohort(q.market_id, 10)}
     async def go():
-        async with make_runner(fake, "canary", cycle={"chunk_size": 100}) as r:
+        # budgets far above the fake's 0.25 s per 100 series: on a loaded 2-core machine a 1 s budget was once missed,
+        # and this test is about who is served, not about deadlines (tests/test_runner.py covers those)
+        async with make_runner(fake, "canary", deadline_s=30.0, cycle={"chunk_size": 100, "batch_deadline_s": 30.0}) as r:
             canary = await r.run_cycle(reqs)
             single = [await r.forecast(q) for q in reqs[:50]]
             r.rollout.set_phase("ramp")
@@ -137,6 +139,9 @@ def test_canary_serves_the_tsfm_band_only_to_its_cohort(fake):
             return canary, single, ramp
     canary, single, ramp = run(go())
     assert 10 <= len(cohort) <= 35
+    failed = [(o.market_id, o.meta.fallback_reason, o.meta.warnings[-1:]) for o in canary
+              if o.market_id in cohort and o.meta.served_by != "tsfm"]
+    assert not failed, failed                                         # says why, should a cohort market fall back
     assert {o.market_id for o in canary if o.meta.served_by == "tsfm"} == cohort
     assert {o.meta.fallback_reason for o in canary if o.market_id not in cohort} == {"shadow"}
     assert [o.meta.served_by for o in single] == [o.meta.served_by for o in canary[:50]]   # one path or the other: same cohort
