@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hmac
 import logging.config
 import os
@@ -127,6 +128,10 @@ def create_app(runner_config: str | Path | RunnerConfig | None = None, *, runner
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         the_runner.start()
+        # Everything loaded so far lives as long as the process: freeze it out of the collector's scans. A full
+        # collection otherwise walks every module object, a pause of ~0.1 s on this event loop once the heap has grown
+        # (measured: the slowest 413 to a 50 MB body 123-134 ms -> 50-56 ms; p99 unchanged at ~16 ms).
+        gc.collect(); gc.freeze()
         try: yield
         finally:
             await the_runner.stop()
