@@ -56,7 +56,7 @@ class Service:
     """The app in-process (ASGITransport) on one event loop, its runner talking to the fake daemon over HTTP."""
     def __init__(self, fake: FakeTollama):
         self.fake, self.clock, self.loop = fake, Clock(), asyncio.Runner()
-        adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=0.5, max_retries=0))
+        adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=10.0, max_retries=0))
         self.runner = TSFMRunner(RunnerConfig(), adapter=adapter, guard=LicenseGuard(REGISTRY), postprocess=PP, clock=self.clock)
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runner=self.runner)), base_url="http://svc")
 

@@ -36,7 +36,7 @@ def body(n: int = 40, **kw) -> dict:
 def service():
     "The app on uvicorn (127.0.0.1, a free port) in a thread; its runner on a fake daemon. Yields (url, fake, runner)."
     with FakeTollama() as fake:
-        adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=1.0, max_retries=0))
+        adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=10.0, max_retries=0))
         runner = TSFMRunner(RunnerConfig(http={"max_body_bytes": 1_048_576, "max_points": 2000}), adapter=adapter,
                             guard=LicenseGuard(REGISTRY), postprocess=PostprocessSettings())
         with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]

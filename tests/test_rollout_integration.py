@@ -50,7 +50,7 @@ def forecast_log():
 
 
 def make_runner(fake: FakeTollama, phase: str | None = "full", *, monitor: bool = False, clock: Clock | None = None,
-                settings: RolloutSettings | None = None, deadline_s: float = 1.0, **cfg: Any) -> TSFMRunner:
+                settings: RolloutSettings | None = None, deadline_s: float = 10.0, **cfg: Any) -> TSFMRunner:
     """A runner on the fake daemon, with a rollout in `phase` (None: no rollout) and optionally a health monitor."""
     clock = clock or Clock()
     adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=deadline_s, max_retries=0))
@@ -201,7 +201,7 @@ def _rollout_yaml(tmp_path: Path, text: str) -> str:
 def test_runner_builds_rollout_and_monitor_from_config_and_an_open_breaker_degrades(fake, tmp_path):
     clock = Clock()
     path = _rollout_yaml(tmp_path, "current_phase: full\nhealth: {interval_s: 30}\n")
-    adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=1.0, max_retries=0))
+    adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=10.0, max_retries=0))
     async def go():
         cfg = RunnerConfig(rollout_config=path, breaker={"failures": 2, "cooldown_s": 100, "probe_on_health": False})
         async with TSFMRunner(cfg, adapter=adapter, guard=LicenseGuard(REGISTRY), postprocess=PP, clock=clock) as r:
@@ -226,7 +226,7 @@ def test_runner_builds_rollout_and_monitor_from_config_and_an_open_breaker_degra
 
 def test_a_good_health_probe_lets_the_breaker_probe_through_before_the_cooldown(fake):
     clock = Clock()
-    adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=1.0, max_retries=0))
+    adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=10.0, max_retries=0))
     async def go():
         cfg = RunnerConfig(breaker={"failures": 2, "cooldown_s": 120})
         async with TSFMRunner(cfg, adapter=adapter, guard=LicenseGuard(REGISTRY), postprocess=PP, clock=clock) as r:

@@ -47,7 +47,7 @@ def market(i: int, n: int = 64, **kw: Any) -> TSFMForecastRequest:
 UNBATCHED = {"batching": {"enabled": False}, "limiter": {"algorithm": "fixed", "initial_limit": 64}}   # one call per request, all at once
 
 
-def make_runner(fake: FakeTollama, clock: Clock | None = None, env: str = "prod", deadline_s: float = 1.0,
+def make_runner(fake: FakeTollama, clock: Clock | None = None, env: str = "prod", deadline_s: float = 10.0,
                 max_retries: int = 0, calibrator: ConformalCalibrator | None = None, feed_calibrator: bool | None = None,
                 **cfg: Any) -> TSFMRunner:
     adapter = TollamaAdapter(TollamaConfig(base_url=fake.url, deadline_s=deadline_s, max_retries=max_retries, backoff_base_s=0.01))
