@@ -68,7 +68,9 @@ test: install ## all tests: export sync, notebook tests, pytest, nbval
 	$(MAKE) --no-print-directory nbtest && \
 	$(MAKE) --no-print-directory pytest && \
 	$(MAKE) --no-print-directory nbval && \
-	echo "make test: all passed in $$(( $$(date +%s) - start )) s"
+	times > $(CACHE)/test-times.txt && \
+	echo "make test: all passed in $$(( $$(date +%s) - start )) s, $$(tail -1 $(CACHE)/test-times.txt | awk -F'[ms ]+' \
+	  '{printf "%.0f", $$1 * 60 + $$2 + $$3 * 60 + $$4}') s of CPU (wall time on a shared machine varies; CPU time less)"
 
 lab: install ## JupyterLab on the repository (inline plots; also as root, as these machines run)
 	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(CURDIR) $(if $(filter 0,$(shell id -u)),--allow-root)
