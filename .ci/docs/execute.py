@@ -22,9 +22,10 @@ SKIP_FLAGS = {"slow", "notest"}        # plus settings.ini's tst_flags, as nbdev
 PRELOAD = ["numpy", "pandas", "matplotlib", "matplotlib.pyplot", "scipy.special", "scipy.stats", "pydantic", "yaml",
            "httpx", "fastapi", "uvicorn", "tqdm.auto", "IPython", "execnb.shell", "nbdev.processors", "nbdev.showdoc",
            "nbconvert", "nbformat", "apidoc"]
-# The heavy libraries that many notebooks import (keras/TensorFlow in 13, ~5 CPU-s each): loaded once before the fork.
-# Safe for TensorFlow: its thread pools start at the first operation, which happens in the notebook's own process.
-PRELOAD_HEAVY = ["tensorflow", "keras", "sklearn", "onnx", "onnxruntime", "tf2onnx"]
+# The heavy libraries that many notebooks import (keras/TensorFlow in 13, ~5 CPU-s each; statsforecast in 7, ~1.4 CPU-s
+# each): loaded once before the fork. Safe for TensorFlow and numba: their thread pools start at the first operation
+# (TensorFlow) or the first parallel call (numba), which happen in the notebook's own process; none starts a thread on import.
+PRELOAD_HEAVY = ["tensorflow", "keras", "sklearn", "onnx", "onnxruntime", "tf2onnx", "statsforecast", "statsforecast.models"]
 _HEAVY = ("keras", "tensorflow", "statsforecast", "onnxruntime", "tf2onnx", "papermill", "dask", "numba", "sklearn",
           "ai_edge_litert", "onnx", "bokeh", "distributed")        # recorded per notebook, to see what it costs
 _PRELOADED: set[str] = set()           # heavy modules the parent loaded (not charged to any notebook)
