@@ -34,7 +34,7 @@ FUZZ_DIR = "reports/fuzz"
 READY_TIMEOUT_S = 30.0
 _SERVE = """import sys, uvicorn
 from tsfm_wb.tsfm.api import create_app
-app = create_app(sys.argv[3] or None, tollama_url=sys.argv[1])
+app = create_app(sys.argv[3] or None, tollama_url=sys.argv[1], freeze_gc=True)   # a serving process, as `serve` builds it
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
 """
 

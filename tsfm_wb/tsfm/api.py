@@ -35,7 +35,7 @@ from .tollama import TollamaAdapter, load_tollama_config
 
 # %% auto #0
 __all__ = ['ERROR_STATUS', 'RUNNER_CONFIG_ENV', 'TOLLAMA_URL_ENV', 'TOLLAMA_TOKEN_ENV', 'PROMETHEUS_CONTENT_TYPE', 'APP_FACTORY',
-           'WORKER_HEALTHCHECK_S', 'error_status', 'create_app', 'serve_log_config', 'main']
+           'WORKER_HEALTHCHECK_S', 'error_status', 'create_app', 'serve_app', 'serve_log_config', 'main']
 
 # %% ../../nbs/tsfm/40_api.ipynb #1dc3c61d
 ERROR_STATUS: tuple[tuple[type[TsfmWbError], int], ...] = (
@@ -120,18 +120,20 @@ def _install_admin_routes(app: FastAPI, runner: TSFMRunner) -> None:
 
 # %% ../../nbs/tsfm/40_api.ipynb #a89e9d8a
 def create_app(runner_config: str | Path | RunnerConfig | None = None, *, runner: TSFMRunner | None = None,
-               tollama_url: str | None = None, tollama_token: str | None = None) -> FastAPI:
-    "The service around `runner`, or one built from `runner_config` and pointed at `tollama_url` (unset: the `TSFM_WB_*` variables)."
+               tollama_url: str | None = None, tollama_token: str | None = None, freeze_gc: bool = False) -> FastAPI:
+    """The service around `runner`, or one built from `runner_config` and pointed at `tollama_url` (unset: the `TSFM_WB_*`
+    variables). `freeze_gc`: for a process that exists to serve (`serve`, `serve_app`), see the lifespan."""
     owned = runner is None
     the_runner = _build_runner(runner_config, tollama_url, tollama_token) if owned else runner
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         the_runner.start()
-        # Everything loaded so far lives as long as the process: freeze it out of the collector's scans. A full
-        # collection otherwise walks every module object, a pause of ~0.1 s on this event loop once the heap has grown
-        # (measured: the slowest 413 to a 50 MB body 123-134 ms -> 50-56 ms; p99 unchanged at ~16 ms).
-        gc.collect(); gc.freeze()
+        # In a serving process, everything loaded so far lives as long as the process: freeze it out of the collector's
+        # scans. A full collection otherwise walks every module object, a pause of ~0.1 s on this event loop once the heap
+        # has grown (measured: the slowest 413 to a 50 MB body 123-134 ms -> 28-56 ms; p99 unchanged at ~16 ms). Off by
+        # default: an app embedded in someone else's program must not change how that program collects its garbage.
+        if freeze_gc: gc.collect(); gc.freeze()
         try: yield
         finally:
             await the_runner.stop()
@@ -163,14 +165,18 @@ def create_app(runner_config: str | Path | RunnerConfig | None = None, *, runner
 _app: FastAPI | None = None
 
 def __getattr__(name: str) -> Any:
-    "Build the module-level `app` lazily (for `uvicorn tsfm_wb.tsfm.api:app`)."
+    "Build the module-level `app` lazily (for `uvicorn tsfm_wb.tsfm.api:app`: a serving process, see `serve_app`)."
     global _app
     if name != "app": raise AttributeError(f"module 'tsfm_wb.tsfm.api' has no attribute {name!r}")
-    if _app is None: _app = create_app()
+    if _app is None: _app = serve_app()
     return _app
 
 # %% ../../nbs/tsfm/40_api.ipynb #27fdce59
-APP_FACTORY = "tsfm_wb.tsfm.api:create_app"
+def serve_app() -> FastAPI:
+    "The app of a process that only serves (what `serve --workers N` starts in each worker): built from the `TSFM_WB_*` variables, garbage collection frozen after start-up."
+    return create_app(freeze_gc=True)
+
+APP_FACTORY = "tsfm_wb.tsfm.api:serve_app"
 WORKER_HEALTHCHECK_S = 60   # a worker imports the package before it answers uvicorn's supervisor: allow more than its 5 s
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -206,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json_lines = a.log_format == "json" if a.log_format else log_format_from_env()
         log_config = serve_log_config(json_lines, a.log_level)
         logging.config.dictConfig(log_config)
-        app = create_app(env[RUNNER_CONFIG_ENV], tollama_url=a.tollama_url, tollama_token=a.tollama_token)
+        app = create_app(env[RUNNER_CONFIG_ENV], tollama_url=a.tollama_url, tollama_token=a.tollama_token, freeze_gc=True)
     except TsfmWbError as e:
         print(f"tsfm-wb serve: {e}", file=sys.stderr); return 2
     if a.workers > 1:                       # each worker builds its own app from the factory and the environment
