@@ -9,12 +9,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..core import ConfigError, DataValidationError
+from ..core import ConfigError, DataValidationError, atomic_write_json, read_json
 from ..data import DATASETS, load_dataset
 from ..metrics import smape
 from .spline import regular_grid
@@ -25,8 +26,9 @@ from .panel import cv_cutoffs
 
 # %% auto #0
 __all__ = ['BENCHMARK_SERIES', 'BENCHMARK_PANEL', 'PEERS', 'STAT_PEERS', 'BenchmarkSeries', 'benchmark_series', 'fold_cutoffs',
-           'peer_cv', 'score_cv', 'coverage_by_step', 'BenchmarkResult', 'run_series', 'run_benchmark', 'summarize',
-           'lab_choices', 'step_coverage', 'benchmark_markdown', 'write_benchmark', 'main']
+           'peer_cv', 'score_cv', 'coverage_by_step', 'BenchmarkResult', 'run_series', 'save_series_result',
+           'load_series_result', 'run_benchmark', 'summarize', 'lab_choices', 'step_coverage', 'benchmark_markdown',
+           'write_benchmark', 'main']
 
 # %% ../../nbs/lab/13f_benchmark.ipynb #9473b187
 @dataclass(frozen=True)
@@ -193,11 +195,43 @@ def run_series(spec: BenchmarkSeries, n_windows: int = 5, estimator: dict[str, A
     table = score_cv(cv, df, freq, m, list(secs), level)
     table.insert(0, "series", spec.name); table["seconds"] = table["model"].map(secs)
     return BenchmarkResult(table, {spec.name: cv}, {spec.name: est.cv_fits_}, [{**f, "series": spec.name} for f in fails],
-                           {"n_windows": n_windows, "holdout_windows": holdout_windows, "level": list(level), "estimator": estimator or {}})
+                           _settings(n_windows, estimator, peers, level, holdout_windows))
 
-def run_benchmark(specs: Sequence[BenchmarkSeries] = (*BENCHMARK_SERIES, BENCHMARK_PANEL), **kwargs: Any) -> BenchmarkResult:
-    "`run_series` for each entry, stacked."
-    parts = [run_series(s, **kwargs) for s in specs]
+def _settings(n_windows: int = 5, estimator: dict[str, Any] | None = None, peers: Sequence[str] = PEERS,
+              level: Sequence[float] = (80, 90), holdout_windows: int = 0) -> dict[str, Any]:
+    "The settings a result records (those of `run_series`), as JSON types."
+    return {"n_windows": n_windows, "holdout_windows": holdout_windows, "level": list(level), "estimator": estimator or {},
+            "peers": list(peers)}
+
+def save_series_result(result: BenchmarkResult, path: str | Path) -> Path:
+    "One series' result as JSON (atomically): table, forecasts (timestamps as ISO text), fit summaries, failures, settings."
+    (name, cv), = result.forecasts.items()
+    cols = {c: (cv[c].dt.strftime("%Y-%m-%dT%H:%M:%S") if c in ("ds", "cutoff") else cv[c].astype(object).where(cv[c].notna(), None)).tolist()
+            for c in cv.columns}
+    table = result.table.astype(object).where(result.table.notna(), None).to_dict("records")
+    return atomic_write_json(path, {"series": name, "table": table, "table_columns": list(result.table.columns), "forecasts": cols,
+                                    "forecast_columns": list(cv.columns), "fits": result.fits[name],
+                                    "failures": result.failures, "settings": result.settings})
+
+def load_series_result(path: str | Path) -> BenchmarkResult:
+    "A result written by `save_series_result`."
+    doc = read_json(path)
+    cv = pd.DataFrame(doc["forecasts"])[doc["forecast_columns"]]
+    for c in cv.columns: cv[c] = pd.to_datetime(cv[c]) if c in ("ds", "cutoff") else cv[c] if c == "unique_id" else cv[c].astype(float)
+    return BenchmarkResult(pd.DataFrame(doc["table"])[doc["table_columns"]].fillna(np.nan), {doc["series"]: cv}, {doc["series"]: doc["fits"]},
+                           doc["failures"], doc["settings"])
+
+def run_benchmark(specs: Sequence[BenchmarkSeries] = (*BENCHMARK_SERIES, BENCHMARK_PANEL), cache_dir: str | Path | None = None,
+                  **kwargs: Any) -> BenchmarkResult:
+    "`run_series` for each entry, stacked; with `cache_dir`, finished series are kept there and reused under the same settings."
+    parts, want = [], _settings(**{k: v for k, v in kwargs.items() if k != "peers"}, peers=kwargs.get("peers", PEERS))
+    for s in specs:
+        f = Path(cache_dir) / f"{s.name}.json" if cache_dir is not None else None
+        part = load_series_result(f) if f is not None and f.is_file() else None
+        if part is None or part.settings != want:
+            part = run_series(s, **kwargs)
+            if f is not None: save_series_result(part, f)
+        parts.append(part)
     return BenchmarkResult(pd.concat([p.table for p in parts], ignore_index=True), {k: v for p in parts for k, v in p.forecasts.items()},
                            {k: v for p in parts for k, v in p.fits.items()}, [f for p in parts for f in p.failures], parts[0].settings)
 
@@ -281,9 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tsfm_wb.lab.benchmark", description="SplineLSTM against statsforecast's peers, rolling origin.")
     p.add_argument("--series", nargs="+", default=names, help=f"benchmark series (default: all of {names})")
     p.add_argument("--n-windows", type=int, default=5); p.add_argument("--holdout-windows", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for benchmark.md and benchmark.json")
+    p.add_argument("--out", required=True, help="folder for benchmark.md and benchmark.json (finished series in <out>/series/)")
+    p.add_argument("--fresh", action="store_true", help="run every series again instead of reusing <out>/series/")
     a = p.parse_args(argv)
-    try: res = run_benchmark([benchmark_series(n) for n in a.series], n_windows=a.n_windows, holdout_windows=a.holdout_windows)
+    cache = None if a.fresh else Path(a.out) / "series"
+    try: res = run_benchmark([benchmark_series(n) for n in a.series], cache_dir=cache, n_windows=a.n_windows, holdout_windows=a.holdout_windows)
     except (ConfigError, DataValidationError) as e:
         print(f"error: {e}", flush=True); return 2
     print(write_benchmark(res, a.out)["md"]); return 0

@@ -18,13 +18,13 @@ from ..core import (ConfigError, DataValidationError, ModelError, atomic_save_np
                           load_npz, read_json)
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
-from .panel import (BASES, base_data, cv_cutoffs, SeriesData, Windows, check_panel, concat_windows, default_input_size,
+from .panel import (BASES, base_data, crossfit_masks, cv_cutoffs, SeriesData, Windows, check_panel, concat_windows, default_input_size,
                                design, exog_stats, scaled_mae, scaled_residuals,
                                panel_freq, part_windows, prepare_series, season_length_for, series_windows, tail_length)
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
-from .training import network_outputs, save_keras, train_network
+from .training import crossfit_outputs, network_outputs, save_keras, train_network
 from .stat_base import MIX, STAT_MODELS, check_stat_models, final_forecasts, stat_candidates
 
 # %% auto #0
@@ -147,8 +147,8 @@ def _series(self: SplineLSTM, groups: list[tuple[Any, pd.DataFrame]], freq: str,
 # %% ../../nbs/lab/13e_estimator.ipynb #39470caf
 @patch
 def _train(self: SplineLSTM, cell: str, X: np.ndarray, Y: np.ndarray, seed: int, val: tuple[np.ndarray, np.ndarray] | None = None,
-           epochs: int | None = None, reps: int | None = None, desc: str = "") -> tuple[Any, dict[str, list[float]], int]:
-    "A network of `cell` trained with this estimator's hyper-parameters; model, history, repeats per epoch."
+           epochs: int | None = None, reps: int | None = None, desc: str = "") -> tuple[Any, dict[str, list[float]], int, np.ndarray | None]:
+    "A network of `cell` trained with this estimator's hyper-parameters; model, history, repeats, validation outputs per epoch."
     hp = dict(units=self.units, layers=self.layers, dropout=self.dropout, learning_rate=self.learning_rate, loss=self.loss)
     return train_network(cell, X, Y, seed, self.h, hp, val=val, epochs=epochs or self.max_epochs, reps=reps,
                          batch_size=self.batch_size, patience=self.patience, verbose=self.verbose, desc=desc)
@@ -156,12 +156,15 @@ def _train(self: SplineLSTM, cell: str, X: np.ndarray, Y: np.ndarray, seed: int,
 # %% ../../nbs/lab/13e_estimator.ipynb #8a4a2c0d
 @patch
 def _candidate(self: SplineLSTM, cell: str, base: str, data: dict[str, np.ndarray]) -> dict[str, Any]:
-    "n_seeds early-stopped networks of one (cell, base), their mean validation output and its score."
+    "n_seeds early-stopped networks of one (cell, base), their mean cross-fitted validation output and its score."
     t0, members = time.perf_counter(), []
     for i in range(self.n_seeds):
-        model, hist, reps = self._train(cell, data["Xtr"], data["Ytr"], self.seed + i, val=(data["Xva"], data["Yva"]), desc=f"{cell}/{base}")
-        members.append({"cell": cell, "base": base, "seed": self.seed + i, "model": model, "history": hist, "reps": reps})
-    out = network_outputs([mm["model"] for mm in members], data["Xva"], self.h)
+        model, hist, reps, outs = self._train(cell, data["Xtr"], data["Ytr"], self.seed + i, val=(data["Xva"], data["Yva"]),
+                                              desc=f"{cell}/{base}")
+        val_out, epochs = crossfit_outputs(outs, data["Yva"], data["crossfit"], self.loss)
+        members.append({"cell": cell, "base": base, "seed": self.seed + i, "model": model, "history": hist, "reps": reps,
+                        "val_out": val_out, "crossfit_epochs": epochs})
+    out = np.mean([mm["val_out"] for mm in members], axis=0)
     return {"name": f"{cell}/{base}", "cell": cell, "base": base, "members": members, "val_out": out,
             "score": scaled_mae(out, data), "fit_s": time.perf_counter() - t0}
 
@@ -170,7 +173,8 @@ def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: d
             series: list[SeriesData]) -> tuple[list[dict], dict, dict, dict[str, str]]:
     "Every candidate, the chosen one, the bases' arrays and the statistical models that failed."
     bases = [self.base] if self.base != AUTO else [b for b in BASES if b == "last" or (m > 1 and L >= m + (b == "seasonal_level"))]
-    data = {b: base_data(tr, va, self.h, b, m, stats) for b in bases}
+    masks = crossfit_masks(va, self.h)
+    data = {b: {**base_data(tr, va, self.h, b, m, stats), "crossfit": masks} for b in bases}
     first = BASE_CHOOSER if self.cell == AUTO else self.cell
     cands = [self._candidate(first, b, data[b]) for b in bases]
     base = min(cands, key=lambda c: c["score"])["base"]
@@ -233,7 +237,7 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
         "stats": stats, "n_series": len(full), "n_windows": {"train": len(tr), "val": len(va), "refit": n_refit},
         "selection": [{"candidate": c["name"], "cell": c["cell"], "base": c["base"], "val_mae_scaled": c["score"],
                        "fit_s": round(c["fit_s"], 3), "chosen": c is chosen} for c in cands],
-        "training": [{"candidate": c["name"], "seed": mm["seed"], **overfit_signal(mm["history"]),
+        "training": [{"candidate": c["name"], "seed": mm["seed"], **overfit_signal(mm["history"]), "crossfit_epochs": mm["crossfit_epochs"],
                       "final_loss": mm["history"]["loss"][-1], "best_val_loss": min(mm["history"]["val_loss"])}
                      for c in cands if c["cell"] != ENSEMBLE and not c["name"].startswith(MIX) for mm in c["members"]],
         "diagnostics": frame_records(quality), "calibration_n": np.isfinite(scores).sum(axis=0).tolist(),

@@ -22,7 +22,8 @@ from .spline import SplinePreprocessor, SplineResult, regular_grid
 __all__ = ['BASES', 'SCALE_FLOOR_REL', 'SCALE_FLOOR_ABS', 'VAL_FRACTION', 'season_length_for', 'check_panel', 'panel_freq',
            'SeriesData', 'prepare_series', 'Windows', 'window_ends', 'series_windows', 'concat_windows',
            'select_windows', 'window_scale', 'base_forecast', 'scale_windows', 'tail_length', 'default_input_size',
-           'part_windows', 'exog_stats', 'design', 'base_data', 'scaled_residuals', 'scaled_mae', 'cv_cutoffs']
+           'part_windows', 'exog_stats', 'design', 'base_data', 'scaled_residuals', 'scaled_mae', 'crossfit_masks',
+           'cv_cutoffs']
 
 # %% ../../nbs/lab/13a_panel.ipynb #823fd973
 BASES = ("last", "seasonal", "seasonal_level")   # what the network's scaled offsets are added to
@@ -243,6 +244,23 @@ def scaled_residuals(out: np.ndarray, data: dict[str, np.ndarray]) -> np.ndarray
 def scaled_mae(out: np.ndarray, data: dict[str, np.ndarray]) -> float:
     "Validation MAE of scaled outputs `out` [B, h] in the windows' scale, over observed targets (`data` from `base_data`)."
     return float(np.nanmean(np.abs(scaled_residuals(out, data))))
+
+# %% ../../nbs/lab/13a_panel.ipynb #65b5b3e2
+def crossfit_masks(va: Windows, h: int, n_blocks: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    "Per block of validation windows: (its windows, its chooser windows) as boolean masks [B]."
+    block = np.zeros(len(va), np.int64)
+    for k in np.unique(va.series):
+        idx = np.flatnonzero(va.series == k); idx = idx[np.argsort(va.ends[idx], kind="stable")]
+        block[idx] = np.arange(len(idx)) * n_blocks // len(idx)
+    out = []
+    for g in np.unique(block):
+        own, near = block == g, np.zeros(len(va), bool)
+        for k in np.unique(va.series[own]):
+            same = va.series == k
+            gap = np.abs(va.ends[same][:, None] - va.ends[own & same][None, :]).min(axis=1)
+            near[same] = gap < h
+        out.append((own, ~own & ~near))
+    return out
 
 # %% ../../nbs/lab/13a_panel.ipynb #c505eb91
 def cv_cutoffs(grid: pd.DatetimeIndex, h: int, n_windows: int, step_size: int) -> list[pd.Timestamp]:

@@ -17,8 +17,8 @@ from ..core import ModelError, seed_everything
 from .models import build_model
 
 # %% auto #0
-__all__ = ['MIN_STEPS_PER_EPOCH', 'seed_training', 'quiet_tf_logs', 'epoch_repeats', 'loss_value', 'validation_callback',
-           'progress_bar', 'network_outputs', 'save_keras', 'train_network']
+__all__ = ['MIN_STEPS_PER_EPOCH', 'seed_training', 'quiet_tf_logs', 'epoch_repeats', 'loss_value', 'crossfit_outputs',
+           'validation_callback', 'progress_bar', 'network_outputs', 'save_keras', 'train_network']
 
 # %% ../../nbs/lab/13d_training.ipynb #b94cf7d2
 MIN_STEPS_PER_EPOCH = 16                       # small data: windows repeat within an epoch to reach this many batches
@@ -48,16 +48,28 @@ def loss_value(err: np.ndarray, loss: str) -> float:
     if loss == "mae": return float(np.mean(a))
     return float(np.mean(np.where(a <= 1.0, 0.5 * err ** 2, a - 0.5)))
 
+# %% ../../nbs/lab/13d_training.ipynb #5edd7db2
+def crossfit_outputs(outputs: np.ndarray, Y: np.ndarray, masks: Sequence[tuple[np.ndarray, np.ndarray]],
+                     loss: str) -> tuple[np.ndarray, list[int]]:
+    "Validation outputs [B, h], each block's read at the epoch best on its chooser windows (outputs [E, B, h]); those epochs."
+    out, epochs = np.full(outputs.shape[1:], np.nan), []
+    for own, chooser in masks:
+        sel = chooser if chooser.any() else ~own if (~own).any() else own    # fewer windows: fall back, never fail
+        e = int(np.nanargmin([loss_value(np.asarray(o[sel], np.float64) - Y[sel], loss) for o in outputs]))
+        out[own] = outputs[e][own]; epochs.append(e + 1)
+    return out, epochs
+
 # %% ../../nbs/lab/13d_training.ipynb #c74d9f38
 def validation_callback(X: np.ndarray, Y: np.ndarray, loss: str) -> Any:
-    "A Keras callback putting the validation loss into each epoch's logs (one compiled forward pass, no data pipeline)."
+    "A Keras callback putting the validation loss into each epoch's logs and each epoch's outputs into `.outputs`."
     import keras
     import tensorflow as tf
     class _Val(keras.callbacks.Callback):
         def on_train_begin(self, logs: dict | None = None) -> None:
-            self.fn, self.x = tf.function(lambda x: self.model(x, training=False)), tf.constant(X)
+            self.fn, self.x, self.outputs = tf.function(lambda x: self.model(x, training=False)), tf.constant(X), []
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            if logs is not None: logs["val_loss"] = loss_value(np.asarray(self.fn(self.x), np.float64) - Y, loss)
+            out = np.asarray(self.fn(self.x), np.float64); self.outputs.append(out.astype(np.float32))
+            if logs is not None: logs["val_loss"] = loss_value(out - Y, loss)
     return _Val()
 
 def progress_bar(total: int, desc: str) -> Any:
@@ -88,15 +100,16 @@ def save_keras(model: Any, path: Path) -> Path:
 # %% ../../nbs/lab/13d_training.ipynb #884ea851
 def train_network(cell: str, X: np.ndarray, Y: np.ndarray, seed: int, h: int, hparams: dict[str, Any],
                   val: tuple[np.ndarray, np.ndarray] | None = None, epochs: int = 100, reps: int | None = None,
-                  batch_size: int = 64, patience: int = 10, verbose: bool = False, desc: str = "") -> tuple[Any, dict[str, list[float]], int]:
-    "A freshly seeded network of `cell` fitted on (X, Y), early-stopped on `val` when given; model, history, repeats per epoch."
+                  batch_size: int = 64, patience: int = 10, verbose: bool = False,
+                  desc: str = "") -> tuple[Any, dict[str, list[float]], int, np.ndarray | None]:
+    "A freshly seeded network of `cell` fitted on (X, Y), early-stopped on `val`; model, history, repeats, val outputs [E, B, h]."
     import keras
     seed_training(seed)
     model = build_model(cell, X.shape[1], X.shape[2], h, 1, seed=seed, **hparams)
     reps = reps or epoch_repeats(len(X), batch_size)
     cbs = [keras.callbacks.TerminateOnNaN()]
-    if val is not None: cbs += [validation_callback(*val, hparams.get("loss", "mse")),
-                                keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)]
+    val_cb = validation_callback(*val, hparams.get("loss", "mse")) if val is not None else None
+    if val_cb is not None: cbs += [val_cb, keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)]
     if verbose: cbs.append(progress_bar(epochs, desc or cell))
     with quiet_tf_logs():
         hist = model.fit(np.tile(X, (reps, 1, 1)), np.tile(Y, (reps, 1)), epochs=epochs, batch_size=batch_size,
@@ -104,4 +117,4 @@ def train_network(cell: str, X: np.ndarray, Y: np.ndarray, seed: int, h: int, hp
     out = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     if not np.isfinite(out["loss"]).all():
         raise ModelError(f"training of {cell!r} diverged (loss {out['loss'][-1]}); lower learning_rate or check the data for huge values")
-    return model, out, reps
+    return model, out, reps, (np.stack(val_cb.outputs) if val_cb is not None and val_cb.outputs else None)
