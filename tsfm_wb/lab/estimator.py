@@ -25,26 +25,23 @@ from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
 from .training import crossfit_outputs, network_outputs, save_keras, train_network
-from .stat_base import MIX, STAT_MODELS, check_stat_models, final_forecasts, stat_candidates
+from .stat_base import MIX, STAT_MODELS, check_stat_models, final_forecasts, gated_choice, stat_candidates
 
 # %% auto #0
-__all__ = ['CELLS', 'AUTO', 'ENSEMBLE', 'BASE_ONLY', 'BASE_CHOOSER', 'DEFAULT_ALIAS', 'DEFAULT_UNITS', 'DEFAULT_LOSS',
-           'DEFAULT_LEARNING_RATE', 'DEFAULT_BATCH_SIZE', 'DEFAULT_MAX_EPOCHS', 'DEFAULT_PATIENCE', 'DEFAULT_SPLINE',
-           'ESTIMATOR_FILE', 'STATE_FILE', 'SplineLSTM']
+__all__ = ['CELLS', 'AUTO', 'ENSEMBLE', 'BASE_ONLY', 'SELECT_RULES', 'BASE_CHOOSER', 'DEFAULT_ALIAS', 'DEFAULT_UNITS',
+           'DEFAULT_LOSS', 'DEFAULT_LEARNING_RATE', 'DEFAULT_BATCH_SIZE', 'DEFAULT_MAX_EPOCHS', 'DEFAULT_PATIENCE',
+           'DEFAULT_SPLINE', 'ESTIMATOR_FILE', 'STATE_FILE', 'SplineLSTM']
 
 # %% ../../nbs/lab/13e_estimator.ipynb #9910bb10
 CELLS = ("lstm", "gru", "attention_lstm")     # recurrent cells of tsfm_wb.lab.models
 AUTO = "auto"
 ENSEMBLE = "ensemble"                          # the mean of the three cells, when cell="auto" chose it
 BASE_ONLY = "base"                             # no network: the base forecast alone (naive or seasonal naive)
+SELECT_RULES = ("gated", "best")               # statistical default unless significantly beaten, or the lowest score
 BASE_CHOOSER = "gru"                           # the cell that picks the base when base="auto" (the fastest)
 DEFAULT_ALIAS = "SplineLSTM"
-DEFAULT_UNITS = 32
-DEFAULT_LOSS = "huber"
-DEFAULT_LEARNING_RATE = 1e-3
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_MAX_EPOCHS = 100
-DEFAULT_PATIENCE = 10
+DEFAULT_UNITS, DEFAULT_LOSS, DEFAULT_LEARNING_RATE = 32, "huber", 1e-3               # network and optimiser
+DEFAULT_BATCH_SIZE, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE = 64, 100, 10                # training and early stopping
 DEFAULT_SPLINE = {"method": "pchip", "max_gap": 4}   # tsfm_wb.lab.spline.SplinePreprocessor options
 ESTIMATOR_FILE, STATE_FILE = "estimator.json", "state.npz"
 
@@ -73,6 +70,7 @@ class SplineLSTM:
                  refit: bool = True,                     # retrain on all data for the chosen epochs
                  n_seeds: int = 1,                       # networks per cell, averaged (seed, seed + 1, ...)
                  stat_models: Sequence[str] = STAT_MODELS,  # statistical candidates of cell='auto' (() for none)
+                 select: str = "gated",                  # 'gated' (see tsfm_wb.lab.stat_base.gated_choice) or 'best' score
                  level: Sequence[float] | None = DEFAULT_LEVELS,   # default interval levels of predict
                  quantiles: Sequence[float] | None = None,          # alternative to level: bounding quantiles
                  hist_exog_list: Sequence[str] = (), futr_exog_list: Sequence[str] = (), stat_exog_list: Sequence[str] = (),
@@ -84,6 +82,7 @@ class SplineLSTM:
         self.h, self.input_size = _positive_int(h, "h"), _positive_int(input_size, "input_size", True)
         if cell not in (*CELLS, AUTO): raise ConfigError(f"unknown cell {cell!r}; choose one of {[*CELLS, AUTO]}")
         if base not in (*BASES, AUTO): raise ConfigError(f"unknown base {base!r}; choose one of {[*BASES, AUTO]}")
+        if select not in SELECT_RULES: raise ConfigError(f"unknown select {select!r}; choose one of {list(SELECT_RULES)}")
         parse_hparams("lstm", units=units, layers=layers, dropout=dropout, learning_rate=learning_rate, loss=loss)
         for k, v in dict(batch_size=batch_size, max_epochs=max_epochs, patience=patience, n_seeds=n_seeds).items(): _positive_int(v, k)
         _positive_int(val_size, "val_size", True); _positive_int(season_length, "season_length", True)
@@ -94,7 +93,7 @@ class SplineLSTM:
         SplinePreprocessor(**spline)                                 # ConfigError on a bad option
         self._params = dict(h=self.h, input_size=self.input_size, cell=cell, base=base, units=units, layers=layers, dropout=dropout,
                             learning_rate=learning_rate, loss=loss, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-                            val_size=val_size, refit=bool(refit), n_seeds=n_seeds, stat_models=stat_models, level=None if level is None else list(level),
+                            val_size=val_size, refit=bool(refit), n_seeds=n_seeds, stat_models=stat_models, select=select, level=None if level is None else list(level),
                             quantiles=None if quantiles is None else list(quantiles), hist_exog_list=list(hist_exog_list),
                             futr_exog_list=list(futr_exog_list), stat_exog_list=list(stat_exog_list), freq=freq,
                             season_length=season_length, spline=spline, seed=int(seed), alias=str(alias), verbose=bool(verbose))
@@ -170,8 +169,8 @@ def _candidate(self: SplineLSTM, cell: str, base: str, data: dict[str, np.ndarra
 
 @patch
 def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: dict[str, list[float]],
-            series: list[SeriesData]) -> tuple[list[dict], dict, dict, dict[str, str]]:
-    "Every candidate, the chosen one, the bases' arrays and the statistical models that failed."
+            series: list[SeriesData]) -> tuple[list[dict], dict, dict, dict[str, str], dict | None]:
+    "Every candidate, the chosen one, the bases' arrays, the statistical models that failed and the gate's test."
     bases = [self.base] if self.base != AUTO else [b for b in BASES if b == "last" or (m > 1 and L >= m + (b == "seasonal_level"))]
     masks = crossfit_masks(va, self.h)
     data = {b: {**base_data(tr, va, self.h, b, m, stats), "crossfit": masks} for b in bases}
@@ -191,7 +190,8 @@ def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: d
     if self.cell == AUTO and self.stat_models:
         stat, failed = stat_candidates(series, va, self.stat_models, m, self.h, base, data[base], cands)
         cands += stat
-    return cands, min(cands, key=lambda c: c["score"]), data, failed
+    chosen, gate = gated_choice(cands, data, va, self.h) if self.select == "gated" else (min(cands, key=lambda c: c["score"]), None)
+    return cands, chosen, data, failed, gate
 
 # %% ../../nbs/lab/13e_estimator.ipynb #928ebec5
 @patch
@@ -220,7 +220,7 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
     if tr is None or va is None:
         raise DataValidationError(f"no usable {'training' if tr is None else 'validation'} window: every one touches a gap longer than "
                                   f"spline max_gap ({self.spline['max_gap']}); raise it or lower input_size")
-    cands, chosen, data, failed = self._select(tr, va, m, L, stats, series)
+    cands, chosen, data, failed, gate = self._select(tr, va, m, L, stats, series)
     d = data[chosen["base"]]
     scores = scaled_residuals(chosen["val_out"], d)
     full = self._series(groups, freq)
@@ -231,7 +231,7 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
     quality = panel_quality(full, L).assign(val_tail=[tails[sd.uid] for sd in full])
     self.fitted_ = {
         "freq": freq, "season_length": m, "input_size": L, "chosen": chosen["name"], "cell": chosen["cell"], "base": chosen["base"],
-        "stat": chosen.get("stat", []), "net_weight": chosen.get("net_weight", 1.0), "stat_failures": failed,
+        "stat": chosen.get("stat", []), "net_weight": chosen.get("net_weight", 1.0), "stat_failures": failed, "gate": gate,
         "members": [{"cell": mm["cell"], "seed": mm["seed"], "epochs": overfit_signal(mm["history"])["best_epoch"], "reps": mm["reps"]}
                     for mm in chosen["members"]],
         "stats": stats, "n_series": len(full), "n_windows": {"train": len(tr), "val": len(va), "refit": n_refit},
@@ -329,8 +329,8 @@ def predict(self: SplineLSTM, h: int | None = None, futr_df: pd.DataFrame | None
 def fit_summary(self: SplineLSTM) -> dict[str, Any]:
     "The fitted choice with every candidate's score, members, window counts, training and data diagnostics, seconds."
     self._check_fitted(); f = self.fitted_
-    return {k: f[k] for k in ("chosen", "cell", "base", "input_size", "members", "n_windows", "selection", "training", "diagnostics",
-                              "calibration_n", "fit_seconds")}
+    return {k: f.get(k) for k in ("chosen", "cell", "base", "gate", "input_size", "members", "n_windows", "selection", "training",
+                                  "diagnostics", "calibration_n", "fit_seconds")}
 
 @patch
 def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n_windows: int = 1, step_size: int | None = None,

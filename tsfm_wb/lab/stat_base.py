@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from ..core import ConfigError, ModelError
-from .panel import SeriesData, Windows, scaled_mae
+from .panel import SeriesData, Windows, scaled_mae, scaled_residuals
 
 # %% auto #0
-__all__ = ['STAT_MODELS', 'STAT', 'MIX', 'check_stat_models', 'stat_model', 'filled', 'stat_forecast', 'rolling_forecasts',
-           'stat_validation', 'final_forecasts', 'stat_candidates']
+__all__ = ['STAT_MODELS', 'STAT', 'MIX', 'GATE_Z', 'check_stat_models', 'stat_model', 'filled', 'stat_forecast',
+           'rolling_forecasts', 'stat_validation', 'final_forecasts', 'stat_candidates', 'window_losses', 'dm_z',
+           'gated_choice']
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #d29cb3ff
 STAT_MODELS = ("AutoETS", "AutoARIMA", "AutoTheta")     # statsforecast models the estimator may choose
@@ -101,3 +102,33 @@ def stat_candidates(series: Sequence[SeriesData], va: Windows, names: Sequence[s
         out.append({**net, "name": f"{MIX}/{net['name']}+{comb['name']}", "stat": comb["stat"], "net_weight": 0.5, "val_out": v,
                     "score": scaled_mae(v, d), "fit_s": net["fit_s"] + comb["fit_s"]})
     return out, failed
+
+# %% ../../nbs/lab/13da_stat_base.ipynb #45b937f0
+GATE_Z = 1.2816    # one-sided 10% normal quantile: how sure the choice must be to leave the statistical default
+
+def window_losses(out: np.ndarray, d: dict[str, np.ndarray]) -> np.ndarray:
+    "Per validation window [B]: the mean absolute scaled error over its observed targets."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)                     # a window without observations: NaN
+        return np.nanmean(np.abs(scaled_residuals(out, d)), axis=1)
+
+def dm_z(diff: np.ndarray, series: np.ndarray, ends: np.ndarray, h: int) -> float:
+    "Diebold-Mariano z of mean(diff) > 0, Bartlett-weighted HAC variance over same-series windows less than h apart."
+    ok = np.isfinite(diff); diff, series, ends = diff[ok], series[ok], ends[ok]
+    if len(diff) < 2: return 0.0
+    lag = np.abs(ends[:, None] - ends[None, :])
+    w = np.where((series[:, None] == series[None, :]) & (lag < h), 1.0 - lag / h, 0.0)
+    dc = diff - diff.mean(); var = float(dc @ w @ dc) / len(diff) ** 2
+    if var <= 0: return float(np.sign(diff.mean()) * np.inf) if diff.mean() else 0.0
+    return float(diff.mean() / np.sqrt(var))
+
+def gated_choice(cands: Sequence[dict], data: dict[str, dict[str, np.ndarray]], va: Windows, h: int,
+                 z: float = GATE_Z) -> tuple[dict, dict[str, Any] | None]:
+    "The best statistical candidate unless the best of all beats it with DM z > `z`; and the test (None without one)."
+    best = min(cands, key=lambda c: c["score"])
+    stats = [c for c in cands if c["cell"] == STAT]
+    if not stats or best["cell"] == STAT: return best, None
+    ref = min(stats, key=lambda c: c["score"])
+    loss = lambda c: window_losses(c["val_out"], data[c["base"]])
+    zval = dm_z(loss(ref) - loss(best), va.series, va.ends, h)
+    return (best if zval > z else ref), {"default": ref["name"], "challenger": best["name"], "z": zval, "threshold": z}
