@@ -24,7 +24,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # data-dependent, hence --nbval-lax). Every notebook, these included, is executed by `make nbtest`.
 NBVAL_NBS := nbs/index.ipynb nbs/lab/16_eda.ipynb nbs/60_front_door.ipynb
 
-.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench fuzz clean lock api-pin serve serve-models matrix
+.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench lab-bench fuzz clean lock api-pin serve serve-models matrix
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -90,6 +90,18 @@ bench: install ## benchmarks: runner in-process, service under load over HTTP, k
 	$(PY) -m tsfm_wb.experiments.served_bench
 	$(PY) -m tsfm_wb.experiments.load
 	$(PY) -m tsfm_wb.experiments.durability
+
+# The lab's rolling-origin benchmark: two processes (one thread each: with TensorFlow's and numba's default pools two
+# small-network fits on 2 cores ran ~4x slower), each series kept under $(LAB_BENCH)/series/ as it finishes, so an
+# interrupted run resumes; the last call only gathers them into the report.
+LAB_BENCH ?= reports/spline_lstm
+LAB_SERIES_1 := seattle_temps sunspots realgdp passengers
+LAB_SERIES_2 := nino seattle_tmax us_employment
+lab-bench: install ## SplineLSTM vs statsforecast on 7 real series, 5 rolling windows (~25 min on 2 cores) -> reports/spline_lstm/
+	export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1; \
+	$(PY) -m tsfm_wb.lab.benchmark --series $(LAB_SERIES_1) --out $(LAB_BENCH) > /dev/null & p1=$$!; \
+	$(PY) -m tsfm_wb.lab.benchmark --series $(LAB_SERIES_2) --out $(LAB_BENCH) > /dev/null; s2=$$?; wait $$p1 && [ $$s2 = 0 ] && \
+	$(PY) -m tsfm_wb.lab.benchmark --series $(LAB_SERIES_1) $(LAB_SERIES_2) --out $(LAB_BENCH) | head -12
 
 FUZZ_EXAMPLES ?= 7000
 fuzz: install ## long schemathesis run against the service (>= 20,000 requests); summary in reports/fuzz/

@@ -256,8 +256,9 @@ def summarize(table: pd.DataFrame, lab: str = DEFAULT_ALIAS, peers: Sequence[str
 
 # %% ../../nbs/lab/13f_benchmark.ipynb #b8f95f0c
 def lab_choices(result: BenchmarkResult) -> pd.DataFrame:
-    "Per series and fold: the chosen candidate, input size, epochs of each member and fit seconds."
-    return pd.DataFrame([{"series": s, "fold": i, "chosen": f["chosen"], "input_size": f["input_size"],
+    "Per series and fold: the chosen candidate, the gate's test (default, challenger, z), input size, epochs, fit seconds."
+    gate = lambda g: f"{g['challenger']} vs {g['default']}: z={g['z']:.2f}" if g else ""
+    return pd.DataFrame([{"series": s, "fold": i, "chosen": f["chosen"], "gate": gate(f.get("gate")), "input_size": f["input_size"],
                           "epochs": ",".join(str(m["epochs"]) for m in f["members"]), "fit_s": f["fit_seconds"]}
                          for s, fits in result.fits.items() for i, f in enumerate(fits)])
 
