@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core import ConfigError, DataValidationError, atomic_write_json, read_json
+from ..core import ConfigError, DataValidationError, atomic_write_json, atomic_write_text, read_json
 from ..data import DATASETS, load_dataset
 from ..metrics import smape
 from .spline import regular_grid
@@ -203,13 +203,16 @@ def _settings(n_windows: int = 5, estimator: dict[str, Any] | None = None, peers
     return {"n_windows": n_windows, "holdout_windows": holdout_windows, "level": list(level), "estimator": estimator or {},
             "peers": list(peers)}
 
+def _records(d: pd.DataFrame) -> list[dict[str, Any]]:
+    "A frame's rows as dicts, NaN as None (JSON has no NaN)."
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in d.to_dict("records")]
+
 def save_series_result(result: BenchmarkResult, path: str | Path) -> Path:
     "One series' result as JSON (atomically): table, forecasts (timestamps as ISO text), fit summaries, failures, settings."
     (name, cv), = result.forecasts.items()
     cols = {c: (cv[c].dt.strftime("%Y-%m-%dT%H:%M:%S") if c in ("ds", "cutoff") else cv[c].astype(object).where(cv[c].notna(), None)).tolist()
             for c in cv.columns}
-    table = result.table.astype(object).where(result.table.notna(), None).to_dict("records")
-    return atomic_write_json(path, {"series": name, "table": table, "table_columns": list(result.table.columns), "forecasts": cols,
+    return atomic_write_json(path, {"series": name, "table": _records(result.table), "table_columns": list(result.table.columns), "forecasts": cols,
                                     "forecast_columns": list(cv.columns), "fits": result.fits[name],
                                     "failures": result.failures, "settings": result.settings})
 
@@ -224,7 +227,7 @@ def load_series_result(path: str | Path) -> BenchmarkResult:
 def run_benchmark(specs: Sequence[BenchmarkSeries] = (*BENCHMARK_SERIES, BENCHMARK_PANEL), cache_dir: str | Path | None = None,
                   **kwargs: Any) -> BenchmarkResult:
     "`run_series` for each entry, stacked; with `cache_dir`, finished series are kept there and reused under the same settings."
-    parts, want = [], _settings(**{k: v for k, v in kwargs.items() if k != "peers"}, peers=kwargs.get("peers", PEERS))
+    parts, want = [], _settings(**kwargs)
     for s in specs:
         f = Path(cache_dir) / f"{s.name}.json" if cache_dir is not None else None
         part = load_series_result(f) if f is not None and f.is_file() else None
@@ -298,15 +301,12 @@ def benchmark_markdown(result: BenchmarkResult, title: str = "SplineLSTM against
 
 def write_benchmark(result: BenchmarkResult, out_dir: Any) -> dict[str, Any]:
     "Write benchmark.md and benchmark.json (tables, choices, checks) into `out_dir`."
-    from pathlib import Path
-    from tsfm_wb.core import atomic_write_json, atomic_write_text
     s, checks = summarize(result.table)
-    rec = lambda d: [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in d.to_dict("records")]
     out = Path(out_dir)
     return {"md": atomic_write_text(out / "benchmark.md", benchmark_markdown(result)),
-            "json": atomic_write_json(out / "benchmark.json", {"settings": result.settings, "checks": checks, "summary": rec(s),
-                                                               "table": rec(result.table), "step_coverage": rec(step_coverage(result)),
-                                                               "choices": rec(lab_choices(result)), "failures": result.failures})}
+            "json": atomic_write_json(out / "benchmark.json", {"settings": result.settings, "checks": checks, "summary": _records(s),
+                                                               "table": _records(result.table), "step_coverage": _records(step_coverage(result)),
+                                                               "choices": _records(lab_choices(result)), "failures": result.failures})}
 
 # %% ../../nbs/lab/13f_benchmark.ipynb #664a9eb7
 def main(argv: Sequence[str] | None = None) -> int:
