@@ -1,5 +1,6 @@
 """tsfm_wb.lab.train and tsfm_wb.lab.runs: config, typed input errors, artifacts, determinism, original-unit metrics, reload round trip, report, CLI.
 
+A run is a SplineLSTM fitted on the train + validation parts and scored walk-forward on the test part.
 Runs are tiny (the last 1000 CO2 weeks, which hold real gaps, 8 units, 2 epochs): these tests check the mechanics.
 Accuracy claims come from the real configs (reports/spline_lstm/)."""
 import json
@@ -13,24 +14,23 @@ import pandas as pd
 import pytest
 
 from conftest import REPO_ROOT
-from tsfm_wb.core import ConfigError, DataValidationError, ModelError, load_npz, read_json
+from tsfm_wb.core import ConfigError, DataValidationError, load_npz, read_json
 from tsfm_wb.data import load_dataset
 from tsfm_wb.lab.features import MissingCovariateError
 from tsfm_wb.metrics import seasonal_scale
-from tsfm_wb.lab.train import (BASELINE_NAMES, FORECAST_FILE, TrainConfig, parse_config, prepare_data, run_experiment,
-                                walk_forward_windows)
-from tsfm_wb.lab.runs import (evaluate_run, forecast_frame, forecast_latest, load_run, main, predict, run_comparison,
-                               write_comparison_report)
+from tsfm_wb.lab.estimator import SplineLSTM
+from tsfm_wb.lab.train import (BASELINE_NAMES, FORECAST_FILE, MODEL_DIR, PREDICTIONS_FILE, TrainConfig, parse_config, run_data,
+                               run_experiment)
+from tsfm_wb.lab.runs import evaluate_run, forecast_latest, load_run, main, run_comparison, write_comparison_report
 
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACT_FILES = ["checkpoints", "config.json", "history.json", "meta.json", "metrics.json", "predictions.npz",
-                  "preprocessor.json", "processed.npz"]
+ARTIFACT_FILES = ["config.json", "history.json", "meta.json", "metrics.json", MODEL_DIR, PREDICTIONS_FILE]
 
 
 def _quick(tmp: Path, **kw) -> dict:
     cfg = {"name": "t", "dataset": "co2", "covariates": str(REPO_ROOT / "configs/covariates/univariate_co2.json"), "lookback": 16,
            "horizon": 4, "max_rows": 1000, "epochs": 2, "batch_size": 64, "patience": 2, "verbose": 0, "season": 52,
-           "ma_window": 4, "hparams": {"units": 8, "residual": True, "normalize": "last"}, "artifacts_dir": str(tmp)}
+           "ma_window": 4, "base": "last", "hparams": {"units": 8}, "artifacts_dir": str(tmp)}
     return {**cfg, **kw}
 
 
@@ -64,7 +64,7 @@ def test_config_errors_name_the_key(tmp_path):
 def test_shipped_configs_load():
     for name in ("train_co2_univariate", "train_macro_multivariate", "train_co2_quick"):
         cfg = parse_config(REPO / "configs" / f"{name}.yaml")
-        assert cfg.hparams.get("residual") is True
+        assert cfg.model_type == "lstm" and set(cfg.hparams) <= {"units", "layers", "dropout", "learning_rate", "loss"}
 
 
 @pytest.mark.parametrize("frame,match", [
@@ -81,10 +81,13 @@ def test_bad_inputs_raise_typed_errors(tmp_path, frame, match):
 
 
 def test_unknown_model_type_and_bad_hparams(tmp_path):
-    with pytest.raises(ModelError, match="choose one of: attention_lstm, gru, lstm"):
+    with pytest.raises(ConfigError, match="unknown cell 'transformer'"):
         run_experiment(_quick(tmp_path, model_type="transformer"))
-    with pytest.raises(ModelError, match="hparam 'unitz'"):
+    with pytest.raises(ConfigError, match=r"hparams \['unitz'\]"):
         run_experiment(_quick(tmp_path, hparams={"unitz": 8}))
+    with pytest.raises(ConfigError, match="unknown base"):
+        run_experiment(_quick(tmp_path, base="trend"))
+    assert not any(tmp_path.iterdir())
 
 
 def test_missing_required_covariate(tmp_path):
@@ -101,66 +104,77 @@ def test_missing_required_covariate(tmp_path):
 def test_artifact_layout(run42):
     d = run42.run_dir
     assert sorted(p.name for p in d.iterdir()) == ARTIFACT_FILES
-    assert sorted(p.name for p in (d / "checkpoints").iterdir()) == ["best.keras", "last.keras"]
+    assert {p.suffix for p in (d / MODEL_DIR).iterdir()} == {".json", ".keras", ".npz"}        # SplineLSTM.save: no pickle
     written = [p for p in d.rglob("*") if p.is_file()]
     assert max(p.stat().st_mtime_ns for p in written) == (d / "metrics.json").stat().st_mtime_ns   # metrics last
-    npz = load_npz(d / "processed.npz")                       # allow_pickle=False
-    assert {"X", "y", "feature_names", "target_indices", "scaled", "raw_target"} <= set(npz)
     meta, snap = read_json(d / "meta.json"), read_json(d / "config.json")
-    assert meta["X_shape"] == list(npz["X"].shape) == [meta["X_shape"][0], 16, 1] and meta["y_shape"][1] == 4
-    assert meta["feature_mode"] == "univariate" and meta["target_cols"] == ["y"]
+    assert meta["input_size"] == 16 and meta["horizon"] == 4 and meta["targets"] == ["y"] and meta["chosen"] == "lstm/last"
     assert snap["seed"] == 42 and snap["config"]["model_type"] == "lstm" and "git_commit" in snap
     hist = read_json(d / "history.json")
-    assert hist["epochs_run"] == len(hist["history"]["val_loss"]) == 2
-    assert read_json(d / "preprocessor.json")["type"] == "FeaturePipeline"
+    assert hist["chosen"] == "lstm/last" and hist["training"][0]["epochs_run"] == 2 and hist["n_windows"]["refit"] > 0
+    p = load_npz(d / PREDICTIONS_FILE)                        # allow_pickle=False
+    assert p["pred_model"].shape == p["y_true"].shape == p["bound_lo-90"].shape == (run42.metrics["n_test_origins"], 4, 1)
 
 
 def test_metrics_are_in_original_units_and_walk_forward(run42):
-    """Recompute the naive baseline by hand from the raw CO2 series: its test MAE/MASE must match the stored ones."""
+    """Recompute the naive baseline by hand from the raw CO2 series at the stored origins: its test MAE/MASE must match."""
     m, run = run42.metrics, load_run(run42.run_dir)
     assert set(m["test"]) == {"model", *BASELINE_NAMES} and len(m["test_by_horizon"]["model"]["mae"]) == 4
-    a = run.arrays
-    idx = walk_forward_windows(a, "test", run.config)
-    assert len(idx) == m["n_test_origins"] and np.all(np.diff(a["ends"][idx]) == 1)       # one origin per step
-    val_end = np.datetime64(run.pipeline.fitted_["val_end"])
-    assert (a["target_ds"][idx, 0].astype("datetime64[ns]") > val_end).all()
+    p = load_npz(run42.run_dir / PREDICTIONS_FILE)
+    origins = pd.DatetimeIndex(p["origins"].astype("datetime64[ns]"))
+    val_end = pd.Timestamp(read_json(run42.run_dir / "meta.json")["val_end"])
+    assert len(origins) == m["n_test_origins"] and origins[0] == val_end and (origins >= val_end).all()
+    assert (np.diff(origins.asi8) // pd.Timedelta(weeks=1).value == 1).mean() > 0.95       # one origin per step (gaps skipped)
     raw = load_dataset("co2").iloc[-1000:].set_index("ds")["y"]
-    grid = pd.DatetimeIndex(a["ds"].astype("datetime64[ns]"))
+    grid = pd.date_range(raw.index[0], raw.index[-1], freq="W-SAT")
     y = raw.reindex(grid).to_numpy()
-    ends = a["ends"][idx]
+    ends = grid.get_indexer(origins)
     naive = np.repeat(pd.Series(y).ffill().to_numpy()[ends][:, None], 4, axis=1)
     truth = y[ends[:, None] + 1 + np.arange(4)]
+    np.testing.assert_array_equal(truth, p["y_true"][..., 0])
     assert 300 < np.nanmean(truth) < 400                                               # ppm, not scaled units
     mae = np.nanmean(np.abs(truth - naive))
-    scale = seasonal_scale(y[: int(a["n_train_steps"])], 1, nan_policy="omit")
+    n_train = int(grid.searchsorted(pd.Timestamp(read_json(run42.run_dir / "meta.json")["train_end"]), side="right"))
+    scale = seasonal_scale(y[:n_train], 1, nan_policy="omit")
     assert m["test"]["naive"]["mae"] == pytest.approx(mae, rel=1e-12)
     assert m["test"]["naive"]["mase"] == pytest.approx(mae / scale, rel=1e-12)
+    cov = m["test_intervals"]
+    assert set(cov) == {"80", "90"} and cov["80"]["width"] < cov["90"]["width"]
+    inside = (p["y_true"] >= p["bound_lo-90"]) & (p["y_true"] <= p["bound_hi-90"])
+    assert cov["90"]["coverage"] == pytest.approx(inside[np.isfinite(p["y_true"])].mean(), rel=1e-12)
+
+
+def test_test_forecasts_use_only_the_past(run42):
+    """Each stored forecast equals the estimator's predict on the history cut at its origin."""
+    run = load_run(run42.run_dir)
+    data = run_data(run.config)
+    p = load_npz(run42.run_dir / PREDICTIONS_FILE)
+    for i in (0, len(p["origins"]) // 2, len(p["origins"]) - 1):
+        cut = pd.Timestamp(p["origins"][i])
+        fc = run.estimator.predict(df=data.panel[data.panel["ds"] <= cut])
+        np.testing.assert_allclose(fc["lstm"].to_numpy(), p["pred_model"][i, :, 0], rtol=1e-6)
+        np.testing.assert_allclose(fc["lstm-hi-90"].to_numpy(), p["bound_hi-90"][i, :, 0], rtol=1e-6)
 
 
 def test_reload_reproduces_stored_metrics(run42):
     run = load_run(run42.run_dir)
+    assert isinstance(run.estimator, SplineLSTM) and run.estimator.fitted_["chosen"] == "lstm/last"
     again = evaluate_run(run)
-    for key in ("test", "val", "test_by_horizon", "val_by_horizon"):
+    for key in ("test", "test_by_horizon", "test_intervals", "n_test_origins"):
         assert again[key] == run42.metrics[key]
-    p = predict(run, run.arrays["X"][:3])
-    assert p.shape == (3, 4, 1) and np.isfinite(p).all()
-    fc = forecast_frame(run, prepare_data(run.config).df)
-    assert set(fc.columns) == {"origin", "ds", "step", "target", "y_pred", "y_true"} and len(fc) == 4 * len(run.arrays["X"])
 
 
 def test_forecast_latest_starts_after_the_last_observation(run42):
-    """The real forecast: H steps after the frame's last timestamp, from the window ending there, in ppm."""
+    """The real forecast: H steps after the frame's last timestamp, with intervals, in ppm."""
     run = load_run(run42.run_dir)
-    df = prepare_data(run.config).df
+    df = run_data(run.config).df
     fc = forecast_latest(run, df)
-    assert list(fc.columns) == ["ds", "step", "y", "model", "run_id"] and fc["step"].tolist() == [1, 2, 3, 4]
+    assert list(fc.columns[:4]) == ["unique_id", "ds", "step", "lstm"] and fc["step"].tolist() == [1, 2, 3, 4]
     assert list(fc["ds"]) == list(pd.date_range(df["ds"].iloc[-1], periods=5, freq="W-SAT")[1:])
-    assert np.isfinite(fc["y"]).all() and 300 < fc["y"].min() and fc["y"].max() < 500
-    assert set(fc["model"]) == {"lstm"} and set(fc["run_id"]) == {run42.run_id}
-    cut = df.iloc[:-10]                                               # same as the stored window ending 10 steps earlier
-    i = int(np.flatnonzero(run.arrays["ends"] == len(cut) - 1)[0])
-    np.testing.assert_allclose(forecast_latest(run, cut)["y"].to_numpy(), predict(run, run.arrays["X"][i:i + 1])[0, :, 0], rtol=1e-6)
-    with pytest.raises(DataValidationError, match="lookback = 16"):
+    assert np.isfinite(fc["lstm"]).all() and 300 < fc["lstm"].min() and fc["lstm"].max() < 500
+    assert (fc["lstm-lo-90"] <= fc["lstm-lo-80"]).all() and (fc["lstm-hi-80"] <= fc["lstm-hi-90"]).all()
+    assert set(fc["run_id"]) == {run42.run_id}
+    with pytest.raises(DataValidationError, match="lookback"):
         forecast_latest(run, df.iloc[:8])
 
 
@@ -174,9 +188,9 @@ def test_load_run_refuses_unfinished(run42, tmp_path):
 def test_same_seed_identical_metrics(run42, art):
     again = run_experiment(_quick(art))
     assert again.run_dir != run42.run_dir
-    for key in ("test", "val", "test_by_horizon"):
+    for key in ("test", "val", "test_by_horizon", "test_intervals"):
         assert again.metrics[key] == run42.metrics[key]
-    assert again.history["history"] == run42.history["history"]
+    assert again.history["training"] == run42.history["training"]
 
 
 def test_different_seed_different_metrics(run42, run2026):
@@ -212,11 +226,11 @@ def test_cli_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "run dir:" in out.stdout and "| model |" in out.stdout and "reloaded OK" in out.stdout
     (run_dir,) = (tmp_path / "art").iterdir()
-    assert read_json(run_dir / "history.json")["epochs_run"] == 1 and not (tmp_path / "ignored").exists()
+    assert read_json(run_dir / "history.json")["training"][0]["epochs_run"] == 1 and not (tmp_path / "ignored").exists()
     fc = pd.read_csv(run_dir / FORECAST_FILE, parse_dates=["ds"])          # the infer step's output
     last = load_dataset("co2")["ds"].iloc[-1]
     assert len(fc) == 4 and list(fc["ds"]) == [last + pd.Timedelta(weeks=k) for k in range(1, 5)]
-    assert np.isfinite(fc["y"]).all() and 300 < fc["y"].min() and fc["y"].max() < 500     # ppm, not scaled units
+    assert np.isfinite(fc["lstm"]).all() and 300 < fc["lstm"].min() and fc["lstm"].max() < 500     # ppm, not scaled units
     assert "forecast after the last observation" in out.stdout and str(run_dir / FORECAST_FILE) in out.stdout
 
 

@@ -86,8 +86,8 @@ def _model_row(runs: MatrixRuns, spec: RunSpec) -> dict[str, Any]:
         row["notes"] = f"failed at {err['step']}: {err['exception']}" if err else f"not run ({runs.states[spec.run_id]})"
         return row
     row.update({k: m["test"]["model"][v] for k, v in _METRIC_KEYS.items()})
-    ckpt = runs.run_dir(spec.run_id) / "checkpoints" / "best.keras"
-    row.update({"model_size(MB)": ckpt.stat().st_size / MB if ckpt.is_file() else np.nan, "params": m["params"]})
+    nets = sorted((runs.run_dir(spec.run_id) / "model").glob("*.keras"))
+    row.update({"model_size(MB)": sum(p.stat().st_size for p in nets) / MB if nets else np.nan, "params": m["params"]})
     if p: row.update({"p50(ms)": p["keras"]["latency_ms"]["p50"], "p95(ms)": p["keras"]["latency_ms"]["p95"]})
     beats = sum(bool(m.get("beats", {}).get(b)) for b in BASELINE_NAMES)
     row["notes"] = f"{m['epochs_run']} ep, {m['train_seconds']:.0f} s; beats {beats}/{len(BASELINE_NAMES)} baselines" + ("" if p else "; no edge report")
@@ -245,7 +245,7 @@ def _spline_sections(runs: MatrixRuns, ctx: WorkbenchContext, table: pd.DataFram
     modes = {s.labels["data_mode"]: s.steps[0].parameters["config"].get("dataset", "?") for s in runs.spline_specs()}
     text = ("Walk-forward test part, original units; one row per run, then the baselines of each data mode. Data modes: " +
             ", ".join(f"`{m}` = `{d}`" for m, d in modes.items()) + ". Columns: accuracy, then edge cost "
-            "(robust MAPE and sMAPE are fractions; p50/p95 = Keras batch-1 latency; size = `best.keras`). "
+            "(robust MAPE and sMAPE are fractions; p50/p95 = Keras batch-1 latency; size = the estimator's `.keras` networks). "
             "CSV: [comparison.csv](comparison.csv).")
     summ = seed_summary(table)
     figs = []

@@ -43,14 +43,10 @@ def train_eval_step(run_dir: str | Path, config: dict[str, Any]) -> dict[str, An
 
 # %% ../../nbs/experiments/51a_steps.ipynb #7a8feb90
 def edge_parity_step(run_dir: str | Path, gate_config: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    "Export a finished run to ONNX/TFLite, measure parity/latency/size on all test windows, gate it; returns the report."
-    from tsfm_wb.lab.edge_gate import edge_gate, load_gate
-    from tsfm_wb.lab.runs import load_run
-    run = load_run(run_dir)
-    idx = run.arrays["test_idx"]
-    X, y = run.arrays["X"][idx], run.arrays["y"][idx]
-    return edge_gate(run.model, X, y, run_dir, inverse_transform=run.pipeline.inverse_transform_targets,
-                     gate=load_gate(gate_config), **(options or {}))
+    "Export a finished run's estimator to ONNX/TFLite, measure parity/latency/size on all its test windows, gate it; the report."
+    from tsfm_wb.lab.edge_gate import load_gate
+    from tsfm_wb.lab.estimator_edge import gate_run
+    return gate_run(run_dir, gate=load_gate(gate_config), **(options or {}))
 
 # %% ../../nbs/experiments/51a_steps.ipynb #fa984cf0
 EVAL_AS_OF = "2026-01-01T00:00:00Z"        # as_of_ts of the evaluation's requests (the runner needs one; contexts carry no time)

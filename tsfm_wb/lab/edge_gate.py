@@ -16,8 +16,8 @@ from ..core import ConfigError, StrictModel, atomic_write_json, load_config
 from .edge import parity_report
 
 # %% auto #0
-__all__ = ['EDGE_DIR', 'PARITY_FILE', 'DOCUMENT_GATE', 'STRICT_TARGETS', 'RUN_META_KEYS', 'GateThresholds', 'EdgeGateConfig',
-           'load_gate', 'evaluate_gate', 'write_parity', 'edge_gate', 'gate_run', 'gate_table']
+__all__ = ['EDGE_DIR', 'PARITY_FILE', 'DOCUMENT_GATE', 'STRICT_TARGETS', 'GateThresholds', 'EdgeGateConfig', 'load_gate',
+           'evaluate_gate', 'write_parity', 'edge_gate', 'gate_table']
 
 # %% ../../nbs/lab/15a_edge_gate.ipynb #ca78b320
 EDGE_DIR = "edge"                   # sub-folder of a run dir with the exports and parity.json
@@ -95,19 +95,6 @@ def edge_gate(model: Any, X_test: Any, y_test: Any, run_dir: str | Path,
     rep["gate"] = evaluate_gate(rep, gate)
     write_parity(run_dir, rep)
     return rep
-
-# %% ../../nbs/lab/15a_edge_gate.ipynb #39b66145
-RUN_META_KEYS = ("run_id", "model_type", "data_mode", "dataset", "seed")  # copied from meta.json into parity.json
-
-def gate_run(run_dir: str | Path, gate: EdgeGateConfig | None = None, part: str = "test", **kwargs: Any) -> dict[str, Any]:
-    "Edge gate of a finished training run (`tsfm_wb.lab.runs.load_run`) on all its `part` windows, in original units."
-    from tsfm_wb.lab.runs import load_run
-    run = load_run(run_dir)
-    if f"{part}_idx" not in run.arrays: raise ConfigError(f"part must be train, val or test, got {part!r}")
-    idx = run.arrays[f"{part}_idx"]
-    meta = {k: run.meta.get(k) for k in RUN_META_KEYS} | {"part": part}
-    return edge_gate(run.model, run.arrays["X"][idx], run.arrays["y"][idx], run.run_dir,
-                     inverse_transform=run.pipeline.inverse_transform_targets, gate=gate, meta=meta, **kwargs)
 
 # %% ../../nbs/lab/15a_edge_gate.ipynb #3b5971a7
 def _fmt_num(v: Any, spec: str) -> str:

@@ -395,3 +395,6 @@ def load(cls: SplineLSTM, path: str | Path) -> SplineLSTM:
                                **{c: st["exog"][:, j] for j, c in enumerate(cols)}})
     est.series_ = est._series(list(est.frame_.groupby("unique_id", sort=False)), est.fitted_["freq"])
     return est
+
+# %% ../../nbs/lab/13e_estimator.ipynb #b230204f
+from . import estimator_edge as _estimator_edge, historical as _historical  # noqa: E402,F401  (they patch SplineLSTM)

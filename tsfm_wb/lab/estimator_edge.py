@@ -21,7 +21,8 @@ from .edge import FORMATS, export_onnx, export_tflite
 from .edge_gate import edge_gate, load_gate
 
 # %% auto #0
-__all__ = ['serving_layers', 'serving_columns', 'serving_model', 'raw_inputs', 'serving_windows', 'export', 'estimator_gate']
+__all__ = ['RUN_META_KEYS', 'serving_layers', 'serving_columns', 'serving_model', 'raw_inputs', 'serving_windows', 'export',
+           'estimator_gate', 'gate_run']
 
 # %% ../../nbs/lab/15b_estimator_edge.ipynb #36556e8a
 def serving_layers() -> tuple[type, type]:
@@ -119,18 +120,32 @@ def export(est: SplineLSTM, path: str | Path, format: str = "onnx", level: Seque
     return (export_onnx if format == "onnx" else export_tflite)(model, path)
 
 def estimator_gate(est: SplineLSTM, run_dir: str | Path, n_last: int = 50, level: Sequence[float] | None = None,
-                   gate: Any = None, **kwargs: Any) -> dict[str, Any]:
-    "Export the serving graph to ONNX and TFLite under `run_dir/edge/`, measure and gate it; the parity report."
-    X, O = serving_windows(est, n_last)
+                   gate: Any = None, df: pd.DataFrame | None = None, meta: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    "Export the serving graph to ONNX and TFLite under `run_dir/edge/`, measure and gate it on the last windows of the fitted series (or of `df`)."
+    X, O = serving_windows(est, n_last, df)
     keep = np.isfinite(O).all(axis=1)
     if not keep.any(): raise DataValidationError("no window with every target observed among the last steps; raise n_last")
     model = serving_model(est, level)
     n_blocks = len(serving_columns(est, level))
     meta = {"model_type": f"SplineLSTM[{est.fitted_['chosen']}]", "levels": est.levels_default if level is None else check_levels(level),
-            "columns": serving_columns(est, level)}
+            "columns": serving_columns(est, level), **(meta or {})}
     return edge_gate(model, X[keep], np.tile(O[keep], (1, n_blocks)), run_dir, gate=gate if gate is not None else load_gate(), meta=meta, **kwargs)
 
 @patch
 def export(self: SplineLSTM, path: str | Path, format: str = "onnx", level: Sequence[float] | None = None) -> Path:
     "Write this fitted estimator (networks, scaling, intervals) as one ONNX or TFLite graph; see tsfm_wb.lab.estimator_edge."
     return export(self, path, format, level)
+
+# %% ../../nbs/lab/15b_estimator_edge.ipynb #8a0af9c0
+RUN_META_KEYS = ("run_id", "model_type", "data_mode", "dataset", "seed")  # copied from meta.json into parity.json
+
+def gate_run(run_dir: str | Path, gate: Any = None, **kwargs: Any) -> dict[str, Any]:
+    "Edge gate of a finished training run (`tsfm_wb.lab.runs.load_run`) on all its test windows, in original units."
+    from tsfm_wb.lab.runs import load_run
+    from tsfm_wb.lab.train import run_data
+    run = load_run(run_dir)
+    data = run_data(run.config)
+    n_test = int((data.panel.groupby("unique_id", sort=False)["ds"].apply(lambda s: (s > data.val_end).sum())).max())
+    meta = {k: run.meta.get(k) for k in RUN_META_KEYS} | {"part": "test", "chosen": run.meta.get("chosen")}
+    return estimator_gate(run.estimator, run.run_dir, n_last=n_test + 1, gate=gate if gate is not None else load_gate(),
+                          df=data.panel, meta=meta, **kwargs)

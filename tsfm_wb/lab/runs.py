@@ -10,76 +10,66 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..core import (DataValidationError, ModelError, TsfmWbError, atomic_write_json, atomic_write_text,
-                          df_to_markdown, frame_records, load_npz, read_json)
-from .pipeline import FeaturePipeline
-from .models import MODEL_REGISTRY
-from .train import (BASELINE_NAMES, FORECAST_FILE, RunResult, TrainConfig, evaluate_arrays, load_frame,
-                               parse_config, predict_scaled, run_experiment)
+                          df_to_markdown, frame_records, read_json)
+from .estimator import CELLS, SplineLSTM
+from .train import (BASELINE_NAMES, FORECAST_FILE, MODEL_DIR, RunData, RunResult, TrainConfig, evaluate_test,
+                               holdout_forecasts, parse_config, run_data, run_experiment)
 
 # %% auto #0
-__all__ = ['LoadedRun', 'load_run', 'evaluate_run', 'predict', 'forecast_frame', 'forecast_latest', 'run_comparison',
+__all__ = ['REPORT_COLUMNS', 'LoadedRun', 'load_run', 'evaluate_run', 'forecast_latest', 'run_comparison',
            'write_comparison_report', 'format_metrics', 'main']
 
 # %% ../../nbs/lab/14a_runs.ipynb #25eb8605
 @dataclass
 class LoadedRun:
-    "A finished run read back from disk: config, fitted pipeline, best model, arrays, meta and metrics."
+    "A finished run read back from disk: config, fitted estimator, meta and metrics."
     run_dir: Path
     config: TrainConfig
-    pipeline: FeaturePipeline
-    model: Any
-    arrays: dict[str, np.ndarray]
+    estimator: SplineLSTM
     meta: dict[str, Any]
     metrics: dict[str, Any]
 
-def load_run(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best") -> LoadedRun:
-    "Read a finished run (metrics.json present) back: config, pipeline, model checkpoint, processed arrays."
-    import keras
+def load_run(run_dir: str | Path) -> LoadedRun:
+    "Read a finished run (metrics.json present) back: config, fitted SplineLSTM, meta and metrics."
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").is_file():
         raise DataValidationError(f"{run_dir} is not a finished run (no metrics.json); rerun it or pick another run folder")
     cfg = TrainConfig.model_validate(read_json(run_dir / "config.json")["config"])
-    pipe = FeaturePipeline.from_json((run_dir / "preprocessor.json").read_text(encoding="utf-8"))
-    model = keras.models.load_model(run_dir / "checkpoints" / f"{checkpoint}.keras")
-    return LoadedRun(run_dir, cfg, pipe, model, load_npz(run_dir / "processed.npz"),
-                     read_json(run_dir / "meta.json"), read_json(run_dir / "metrics.json"))
+    return LoadedRun(run_dir, cfg, SplineLSTM.load(run_dir / MODEL_DIR), read_json(run_dir / "meta.json"),
+                     read_json(run_dir / "metrics.json"))
 
-def evaluate_run(run: LoadedRun | str | Path) -> dict[str, Any]:
-    "Recompute a run's walk-forward metrics from its artifacts (equal to the stored ones)."
+def evaluate_run(run: LoadedRun | str | Path, df: pd.DataFrame | None = None) -> dict[str, Any]:
+    "Recompute a run's test metrics from its estimator and data (the config's dataset, or `df`): equal to the stored ones."
     run = run if isinstance(run, LoadedRun) else load_run(run)
-    return evaluate_arrays(run.model, run.pipeline, run.arrays, run.config)
-
-def predict(run: LoadedRun, X: np.ndarray) -> np.ndarray:
-    "Forecasts [B, H, F_target] in original units for pipeline-made windows X [B, L, F_total]."
-    H = run.config.horizon
-    return run.pipeline.inverse_transform_targets(predict_scaled(run.model, X)).reshape(len(X), H, -1)
-
-# %% ../../nbs/lab/14a_runs.ipynb #135a15be
-def forecast_frame(run: LoadedRun, df: pd.DataFrame) -> pd.DataFrame:
-    "Long table (origin, ds, step, target, y_pred, y_true) of the run's forecasts for every window of raw frame `df`."
-    wd = run.pipeline.transform(df)
-    p, H = predict(run, wd.X), run.config.horizon
-    y = np.where(wd.y_filled, np.nan, wd.y_raw).reshape(len(wd.X), H, -1)
-    b, h, j = np.meshgrid(np.arange(len(wd.X)), np.arange(H), np.arange(p.shape[-1]), indexing="ij")
-    return pd.DataFrame({"origin": wd.ds[wd.ends[b.ravel()] + 1], "ds": wd.target_ds[b.ravel(), h.ravel()], "step": h.ravel() + 1,
-                         "target": np.asarray(wd.target_names)[j.ravel()], "y_pred": p.ravel(), "y_true": y.ravel()})
+    data = run_data(run.config, df)
+    return evaluate_test(holdout_forecasts(run.estimator, data.panel, data.val_end, data.train_end, run.config), run.config)
 
 # %% ../../nbs/lab/14a_runs.ipynb #f83237e1
+def _future_calendar(run: LoadedRun, data: RunData) -> pd.DataFrame | None:
+    "The known-in-advance (calendar) covariates of the H steps after each series' end, or None when the run has none."
+    from tsfm_wb.lab.train import calendar_columns
+    if not data.futr: return None
+    freq, H = run.estimator.fitted_["freq"], run.config.horizon
+    parts = []
+    for uid, g in data.panel.groupby("unique_id", sort=False):
+        ds = pd.date_range(g["ds"].iloc[-1], periods=H + 1, freq=freq)[1:]
+        parts.append(pd.concat([pd.DataFrame({"unique_id": uid, "ds": ds}), calendar_columns(pd.Series(ds), run.config, data.schema)], axis=1))
+    return pd.concat(parts, ignore_index=True)
+
 def forecast_latest(run: LoadedRun, df: pd.DataFrame) -> pd.DataFrame:
-    "Forecast of the H grid steps after the last timestamp of raw frame `df`: ds, step, one column per target (original units), model, run_id."
-    lw = run.pipeline.transform_latest(df)
-    p = predict(run, lw.X)[0]                                                            # [H, F_target]
-    if not np.isfinite(p).all(): raise ModelError(f"{run.run_dir}: the forecast is not finite; check the checkpoint and the input frame")
-    clash = {"ds", "step", "model", "run_id"} & set(lw.target_names)
-    if clash: raise DataValidationError(f"target column(s) {sorted(clash)} clash with forecast table columns; rename them in the covariate schema")
-    out = pd.DataFrame({"ds": lw.target_ds, "step": np.arange(1, len(lw.target_ds) + 1), **{n: p[:, j] for j, n in enumerate(lw.target_names)}})
-    return out.assign(model=run.config.model_type, run_id=str(run.metrics["run_id"]))
+    "Forecast of the H grid steps after the last timestamp of raw frame `df`: unique_id (the target), ds, step, forecast and bounds, run_id."
+    data = run_data(run.config.model_copy(update={"max_rows": None}), df)
+    fc = run.estimator.predict(df=data.panel, futr_df=_future_calendar(run, data))
+    if not np.isfinite(fc.iloc[:, 2:].to_numpy()).all():
+        raise ModelError(f"{run.run_dir}: the forecast is not finite; check the saved model and the input frame")
+    fc.insert(2, "step", fc.groupby("unique_id", sort=False).cumcount() + 1)
+    return fc.assign(run_id=str(run.metrics["run_id"]))
 
 # %% ../../nbs/lab/14a_runs.ipynb #a2040e33
 def run_comparison(config: TrainConfig | dict | str | Path, model_types: Sequence[str] | None = None,
@@ -87,32 +77,32 @@ def run_comparison(config: TrainConfig | dict | str | Path, model_types: Sequenc
     "Run `config` once per model type and seed (same data, splits and epochs); returns the results in order."
     base = parse_config(config, **overrides)
     return [run_experiment(base, model_type=m, seed=s)
-            for m in (model_types or list(MODEL_REGISTRY)) for s in (seeds or [base.seed])]
+            for m in (model_types or list(CELLS)) for s in (seeds or [base.seed])]
 
 def _runs_table(metrics: Sequence[dict[str, Any]]) -> pd.DataFrame:
     "One row per model run and one per baseline (per dataset/mode, from the first of its runs)."
     rows = []
     for m in metrics:
-        t, v = m["test"]["model"], m["val"]["model"]
-        rows.append({"dataset": m["dataset"], "data_mode": m["data_mode"], "method": m["model_type"], "seed": m["seed"],
-                     "run_id": m["run_id"], "test_mase": t["mase"], "test_mae": t["mae"], "test_rmse": t["rmse"],
-                     "test_smape": t["smape"], "val_mase": v["mase"], "params": m["params"], "train_s": m["train_seconds"],
-                     "epochs": m["epochs_run"]})
+        t, iv = m["test"]["model"], m.get("test_intervals", {}).get("90", {})
+        rows.append({"dataset": m["dataset"], "data_mode": m["data_mode"], "method": m["model_type"], "chosen": m.get("chosen"),
+                     "seed": m["seed"], "run_id": m["run_id"], "test_mase": t["mase"], "test_mae": t["mae"], "test_rmse": t["rmse"],
+                     "test_smape": t["smape"], "cov90": iv.get("coverage"), "val_score": m["val"]["model"]["mae_scaled"],
+                     "params": m["params"], "train_s": m["train_seconds"], "epochs": m["epochs_run"]})
     for (ds, mode), ms in pd.DataFrame(metrics).groupby(["dataset", "data_mode"], sort=False):
         first = metrics[int(ms.index[0])]
         for b in BASELINE_NAMES:
             t = first["test"][b]
             rows.append({"dataset": ds, "data_mode": mode, "method": b, "test_mase": t["mase"], "test_mae": t["mae"],
-                         "test_rmse": t["rmse"], "test_smape": t["smape"], "val_mase": first["val"][b]["mase"]})
+                         "test_rmse": t["rmse"], "test_smape": t["smape"]})
     return pd.DataFrame(rows)
 
 # %% ../../nbs/lab/14a_runs.ipynb #feb2401f
 def _verdicts(table: pd.DataFrame) -> list[dict[str, Any]]:
-    "Per dataset: the model chosen on validation MASE, the best model on test, and whether each beats the baselines."
+    "Per dataset: the model chosen on the validation score, the best model on test, and whether each beats the baselines."
     out = []
     for (ds, mode), g in table.groupby(["dataset", "data_mode"], sort=False):
         models, base = g[g["seed"].notna()], g[g["seed"].isna()].set_index("method")["test_mase"]
-        chosen, best = models.loc[models["val_mase"].idxmin()], models.loc[models["test_mase"].idxmin()]
+        chosen, best = models.loc[models["val_score"].idxmin()], models.loc[models["test_mase"].idxmin()]
         beat = lambda r: {b: bool(r["test_mase"] < base[b]) for b in base.index}
         out.append({"dataset": ds, "data_mode": mode, "chosen_on_val": chosen["method"], "chosen_seed": int(chosen["seed"]),
                     "chosen_test_mase": float(chosen["test_mase"]), "chosen_beats": beat(chosen),
@@ -121,6 +111,9 @@ def _verdicts(table: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 # %% ../../nbs/lab/14a_runs.ipynb #af0fd7ae
+REPORT_COLUMNS = ["method", "chosen", "seed", "test_mase", "test_mae", "test_rmse", "test_smape", "cov90", "val_score", "params",
+                  "train_s", "epochs"]
+
 def write_comparison_report(runs: Sequence[RunResult | str | Path], out_dir: str | Path,
                             title: str = "Spline-LSTM lab: models vs baselines (walk-forward, test part)") -> dict[str, Path]:
     "Write results.json and results.md comparing finished runs (per dataset: models, baselines, verdicts)."
@@ -129,13 +122,14 @@ def write_comparison_report(runs: Sequence[RunResult | str | Path], out_dir: str
     table, created = _runs_table(metrics), datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     verdicts = _verdicts(table)
     out = Path(out_dir)
-    cols = ["method", "seed", "test_mase", "test_mae", "test_rmse", "test_smape", "val_mase", "params", "train_s", "epochs"]
     md = [f"# {title}", "", f"Generated {created} by `tsfm_wb.lab.runs.write_comparison_report` from {len(metrics)} run(s). "
-          "MASE is scaled by the in-sample naive error of the training part; the model is chosen on validation MASE only.", ""]
+          "MASE is scaled by the in-sample naive error of the training part; cov90 is the empirical coverage of the 90% conformal "
+          "interval; the model is chosen on the validation score only (`val_score`: the estimator's MAE scaled per window, on "
+          "cross-fitted validation outputs).", ""]
     for v in verdicts:
         g = table[(table["dataset"] == v["dataset"]) & (table["data_mode"] == v["data_mode"])]
         yes = lambda d: "yes" if all(d[b] for b in ("naive", "seasonal_naive")) else "NO"
-        md += [f"## {v['dataset']} ({v['data_mode']})", "", df_to_markdown(g[cols]), "",
+        md += [f"## {v['dataset']} ({v['data_mode']})", "", df_to_markdown(g[REPORT_COLUMNS]), "",
                f"- chosen on validation: **{v['chosen_on_val']}** (seed {v['chosen_seed']}), test MASE {v['chosen_test_mase']:.4g}; "
                f"beats naive and seasonal naive: **{yes(v['chosen_beats'])}**",
                f"- best on test: {v['best_on_test']}, test MASE {v['best_test_mase']:.4g}; beats naive and seasonal naive: "
@@ -154,21 +148,21 @@ def _infer(run_dir: Path) -> str:
     "Reload a run, check it reproduces its metrics, forecast past the raw data's last timestamp into forecast.csv; a summary."
     run = load_run(run_dir)
     if evaluate_run(run)["test"] != run.metrics["test"]: raise ModelError(f"{run_dir}: reloaded run does not reproduce metrics.json")
-    df = load_frame(run.config, run.pipeline.schema)
+    df = run_data(run.config).df
     fc = forecast_latest(run, df)
     path = atomic_write_text(Path(run_dir) / FORECAST_FILE, fc.to_csv(index=False))
-    last = pd.Timestamp(df[run.pipeline.schema.timestamp_col].iloc[-1])
+    last = pd.Timestamp(fc["ds"].iloc[0]) - pd.tseries.frequencies.to_offset(run.estimator.fitted_["freq"])
     return f"reloaded OK (metrics reproduced); forecast after the last observation ({last}) -> {path}\n{df_to_markdown(fc)}"
 
 def _parser() -> argparse.ArgumentParser:
     "The CLI's argument parser."
-    p = argparse.ArgumentParser(prog="tsfm-wb train", description="Train and evaluate Spline-LSTM models from a YAML config.")
+    p = argparse.ArgumentParser(prog="tsfm-wb train", description="Train and evaluate SplineLSTM runs from a YAML config.")
     p.add_argument("--config", action="append", required=True, help="configs/train_*.yaml (repeat for several)")
     p.add_argument("--epochs", type=int, help="override epochs"); p.add_argument("--artifacts", help="override artifacts_dir")
-    p.add_argument("--models", nargs="+", help="model types to run (default: the config's)")
+    p.add_argument("--models", nargs="+", help=f"model types to run (default: the config's; any of {[*CELLS, 'auto']})")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds to run (default: the config's)")
     p.add_argument("--report", help="write results.json/results.md comparing the runs into this folder")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    p.add_argument("--progress", action="store_true", help="progress bars while training")
     return p
 
 # %% ../../nbs/lab/14a_runs.ipynb #1c951f91
@@ -178,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     try:
         for path in args.config:
-            cfg = parse_config(path, epochs=args.epochs, artifacts_dir=args.artifacts, verbose=0 if args.quiet else None)
+            cfg = parse_config(path, epochs=args.epochs, artifacts_dir=args.artifacts, verbose=1 if args.progress else None)
             for m in args.models or [cfg.model_type]:
                 for s in args.seeds or [cfg.seed]:
                     r = run_experiment(cfg, model_type=m, seed=s); results.append(r)
