@@ -25,19 +25,18 @@ from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
 from .training import crossfit_outputs, network_outputs, save_keras, train_network
-from .stat_base import MIX, STAT_MODELS, check_stat_models, final_forecasts, gated_choice, stat_candidates
+from .stat_base import MIX, SELECT_RULES, STAT_MODELS, check_stat_models, choose, final_forecasts, stat_candidates
 
 # %% auto #0
-__all__ = ['CELLS', 'AUTO', 'ENSEMBLE', 'BASE_ONLY', 'SELECT_RULES', 'BASE_CHOOSER', 'DEFAULT_ALIAS', 'DEFAULT_UNITS',
-           'DEFAULT_LOSS', 'DEFAULT_LEARNING_RATE', 'DEFAULT_BATCH_SIZE', 'DEFAULT_MAX_EPOCHS', 'DEFAULT_PATIENCE',
-           'DEFAULT_SPLINE', 'ESTIMATOR_FILE', 'STATE_FILE', 'SplineLSTM']
+__all__ = ['CELLS', 'AUTO', 'ENSEMBLE', 'BASE_ONLY', 'BASE_CHOOSER', 'DEFAULT_ALIAS', 'DEFAULT_UNITS', 'DEFAULT_LOSS',
+           'DEFAULT_LEARNING_RATE', 'DEFAULT_BATCH_SIZE', 'DEFAULT_MAX_EPOCHS', 'DEFAULT_PATIENCE', 'DEFAULT_SPLINE',
+           'ESTIMATOR_FILE', 'STATE_FILE', 'SplineLSTM']
 
 # %% ../../nbs/lab/13e_estimator.ipynb #9910bb10
 CELLS = ("lstm", "gru", "attention_lstm")     # recurrent cells of tsfm_wb.lab.models
 AUTO = "auto"
 ENSEMBLE = "ensemble"                          # the mean of the three cells, when cell="auto" chose it
 BASE_ONLY = "base"                             # no network: the base forecast alone (naive or seasonal naive)
-SELECT_RULES = ("gated", "best")               # statistical default unless significantly beaten, or the lowest score
 BASE_CHOOSER = "gru"                           # the cell that picks the base when base="auto" (the fastest)
 DEFAULT_ALIAS = "SplineLSTM"
 DEFAULT_UNITS, DEFAULT_LOSS, DEFAULT_LEARNING_RATE = 32, "huber", 1e-3               # network and optimiser
@@ -70,7 +69,7 @@ class SplineLSTM:
                  refit: bool = True,                     # retrain on all data for the chosen epochs
                  n_seeds: int = 1,                       # networks per cell, averaged (seed, seed + 1, ...)
                  stat_models: Sequence[str] = STAT_MODELS,  # statistical candidates of cell='auto' (() for none)
-                 select: str = "gated",                  # 'gated' (see tsfm_wb.lab.stat_base.gated_choice) or 'best' score
+                 select: str = "combine",                # 'combine', 'gated' or 'best' (tsfm_wb.lab.stat_base.choose)
                  level: Sequence[float] | None = DEFAULT_LEVELS,   # default interval levels of predict
                  quantiles: Sequence[float] | None = None,          # alternative to level: bounding quantiles
                  hist_exog_list: Sequence[str] = (), futr_exog_list: Sequence[str] = (), stat_exog_list: Sequence[str] = (),
@@ -190,7 +189,7 @@ def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: d
     if self.cell == AUTO and self.stat_models:
         stat, failed = stat_candidates(series, va, self.stat_models, m, self.h, base, data[base], cands)
         cands += stat
-    chosen, gate = gated_choice(cands, data, va, self.h) if self.select == "gated" else (min(cands, key=lambda c: c["score"]), None)
+    cands, chosen, gate = choose(cands, data, va, self.h, self.select, base)
     return cands, chosen, data, failed, gate
 
 # %% ../../nbs/lab/13e_estimator.ipynb #928ebec5

@@ -16,9 +16,9 @@ from ..core import ConfigError, ModelError
 from .panel import SeriesData, Windows, scaled_mae, scaled_residuals
 
 # %% auto #0
-__all__ = ['STAT_MODELS', 'STAT', 'MIX', 'GATE_Z', 'check_stat_models', 'stat_model', 'filled', 'stat_forecast',
-           'rolling_forecasts', 'stat_validation', 'final_forecasts', 'stat_candidates', 'window_losses', 'dm_z',
-           'gated_choice']
+__all__ = ['STAT_MODELS', 'STAT', 'MIX', 'GATE_Z', 'SELECT_RULES', 'check_stat_models', 'stat_model', 'filled', 'stat_forecast',
+           'rolling_forecasts', 'stat_validation', 'final_forecasts', 'stat_candidates', 'paired_candidate',
+           'window_losses', 'dm_z', 'gated_choice', 'choose']
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #d29cb3ff
 STAT_MODELS = ("AutoETS", "AutoARIMA", "AutoTheta")     # statsforecast models the estimator may choose
@@ -82,7 +82,7 @@ def final_forecasts(series: Sequence[SeriesData], names: Sequence[str], m: int, 
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #ed8fecc7
 STAT = "stat"      # a candidate without a network: statistical models or their mean
-MIX = "mix"        # the mean of the best network and the statistical combination
+MIX = "mix"        # the mean of the best network and statistical forecasts (their combination, or the best model)
 
 def stat_candidates(series: Sequence[SeriesData], va: Windows, names: Sequence[str], m: int, h: int, base: str,
                     d: dict[str, np.ndarray], nets: Sequence[dict]) -> tuple[list[dict], dict[str, str]]:
@@ -102,6 +102,16 @@ def stat_candidates(series: Sequence[SeriesData], va: Windows, names: Sequence[s
         out.append({**net, "name": f"{MIX}/{net['name']}+{comb['name']}", "stat": comb["stat"], "net_weight": 0.5, "val_out": v,
                     "score": scaled_mae(v, d), "fit_s": net["fit_s"] + comb["fit_s"]})
     return out, failed
+
+def paired_candidate(cands: Sequence[dict], d: dict[str, np.ndarray], base: str) -> dict | None:
+    "The equal-weight mean of the best network on `base` and the best single statistical model, scored; None without both."
+    nets = [c for c in cands if c["members"] and c["base"] == base and c.get("net_weight", 1.0) == 1.0]
+    stats = [c for c in cands if c["cell"] == STAT and len(c["stat"]) == 1]
+    if not nets or not stats: return None
+    net, st = min(nets, key=lambda c: c["score"]), min(stats, key=lambda c: c["score"])
+    v = 0.5 * (net["val_out"] + st["val_out"])
+    return {**net, "name": f"{MIX}/{net['name']}+{st['name']}", "stat": st["stat"], "net_weight": 0.5, "val_out": v,
+            "score": scaled_mae(v, d), "fit_s": net["fit_s"] + st["fit_s"]}
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #45b937f0
 GATE_Z = 1.2816    # one-sided 10% normal quantile: how sure the choice must be to leave the statistical default
@@ -132,3 +142,17 @@ def gated_choice(cands: Sequence[dict], data: dict[str, dict[str, np.ndarray]], 
     loss = lambda c: window_losses(c["val_out"], data[c["base"]])
     zval = dm_z(loss(ref) - loss(best), va.series, va.ends, h)
     return (best if zval > z else ref), {"default": ref["name"], "challenger": best["name"], "z": zval, "threshold": z}
+
+# %% ../../nbs/lab/13da_stat_base.ipynb #21830b5b
+SELECT_RULES = ("combine", "gated", "best")     # the best network + the best statistical model; gated_choice; the lowest score
+
+def choose(cands: Sequence[dict], data: dict[str, dict[str, np.ndarray]], va: Windows, h: int, rule: str,
+           base: str) -> tuple[list[dict], dict, dict[str, Any] | None]:
+    "The candidates (with the pair under 'combine', unless already there), the chosen one and the gate's test (None if not applied)."
+    if rule not in SELECT_RULES: raise ConfigError(f"unknown select {rule!r}; choose one of {list(SELECT_RULES)}")
+    if rule == "best": return list(cands), min(cands, key=lambda c: c["score"]), None
+    pair = paired_candidate(cands, data[base], base) if rule == "combine" else None
+    if pair is not None:
+        same = next((c for c in cands if c["name"] == pair["name"]), None)   # one statistical model: the mix is the pair
+        return ([*cands], same, None) if same is not None else ([*cands, pair], pair, None)
+    return list(cands), *gated_choice(cands, data, va, h)
