@@ -24,7 +24,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # data-dependent, hence --nbval-lax). Every notebook, these included, is executed by `make nbtest`.
 NBVAL_NBS := nbs/index.ipynb nbs/lab/16_eda.ipynb nbs/60_front_door.ipynb
 
-.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench lab-bench fuzz clean lock api-pin serve serve-models matrix
+.PHONY: help install run test export check-export nbtest pytest nbval lab docs bench lab-bench lab-rules fuzz clean lock api-pin serve serve-models matrix
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -102,6 +102,12 @@ lab-bench: install ## SplineLSTM vs statsforecast on 7 real series, 5 rolling wi
 	$(PY) -m tsfm_wb.lab.benchmark --series $(LAB_SERIES_1) --out $(LAB_BENCH) > /dev/null & p1=$$!; \
 	$(PY) -m tsfm_wb.lab.benchmark --series $(LAB_SERIES_2) --out $(LAB_BENCH) > /dev/null; s2=$$?; wait $$p1 && [ $$s2 = 0 ] && \
 	$(PY) -m tsfm_wb.lab.benchmark --series $(LAB_SERIES_1) $(LAB_SERIES_2) --out $(LAB_BENCH) | head -12
+
+lab-rules: install ## the estimator's choice rules on development windows (before the scored ones; ~40 min) -> reports/spline_lstm/rules/
+	export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1; \
+	$(PY) -m tsfm_wb.lab.rules --series $(LAB_SERIES_1) --out $(LAB_BENCH)/rules > /dev/null & p1=$$!; \
+	$(PY) -m tsfm_wb.lab.rules --series $(LAB_SERIES_2) --out $(LAB_BENCH)/rules > /dev/null; s2=$$?; wait $$p1 && [ $$s2 = 0 ] && \
+	$(PY) -m tsfm_wb.lab.rules --series $(LAB_SERIES_1) $(LAB_SERIES_2) --out $(LAB_BENCH)/rules
 
 FUZZ_EXAMPLES ?= 7000
 fuzz: install ## long schemathesis run against the service (>= 20,000 requests); summary in reports/fuzz/
