@@ -146,3 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            "choices": _records(choices), "skipped": skipped})
     print(df_to_markdown(summ), flush=True)
     return 0
+
+# %% ../../nbs/lab/13g_rules.ipynb #9fc57c44
+#| eval: false
+if __name__ == "__main__": raise SystemExit(main())
