@@ -117,7 +117,7 @@ def _series_result(name: str, n_windows: int, holdout_windows: int, cache: Path)
     f = cache / f"{name}.json"
     if f.is_file():
         doc = read_json(f)
-        if doc.get("settings") == want: return pd.DataFrame(doc["table"])[doc["table_columns"]].fillna(np.nan), pd.DataFrame(doc["choices"])
+        if doc.get("settings") == want and "table_columns" in doc: return pd.DataFrame(doc["table"])[doc["table_columns"]].fillna(np.nan), pd.DataFrame(doc["choices"])
     spec = benchmark_series(name); df, freq, m = spec.frame()
     table, choices = compare_rules(df, freq, m, spec.h, name, n_windows, holdout_windows)
     atomic_write_json(f, {"settings": want, "table": _records(table), "table_columns": list(table.columns), "choices": _records(choices)})
