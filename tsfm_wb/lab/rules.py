@@ -16,7 +16,7 @@ import pandas as pd
 from ..core import ConfigError, DataValidationError, atomic_write_json, atomic_write_text, df_to_markdown, read_json
 from .panel import scaled_residuals
 from .estimator import SplineLSTM
-from .stat_base import SELECT_RULES, STAT, choose, final_forecasts
+from .stat_base import SELECT_RULES, STAT, best_network, best_stat_model, choose, final_forecasts
 from .benchmark import (BENCHMARK_PANEL, BENCHMARK_SERIES, PEERS, STAT_PEERS, _drop_tail, _records, benchmark_series,
                                    fold_cutoffs, peer_cv, score_cv)
 
@@ -38,18 +38,17 @@ def rule_candidates(est: _RecordingLSTM) -> dict[str, dict]:
     rec = est.candidates_; cands = rec["cands"]
     base = next((c["base"] for c in cands if c["cell"] == STAT), est.fitted_["base"])
     out = {r: choose(cands, rec["data"], rec["va"], est.h, r, base)[1] for r in SELECT_RULES}
-    nets = [c for c in cands if c["members"] and c["base"] == base and c.get("net_weight", 1.0) == 1.0]
-    stats = [c for c in cands if c["cell"] == STAT and len(c["stat"]) == 1]
-    if nets: out["network"] = min(nets, key=lambda c: c["score"])
-    if stats: out["statistical"] = min(stats, key=lambda c: c["score"])
+    for rule, cand in (("network", best_network(cands, base)), ("statistical", best_stat_model(cands))):
+        if cand is not None: out[rule] = cand
     return out
 
 def forecast_as(est: _RecordingLSTM, cand: dict, cache: dict, level: Sequence[float] = (80, 90)) -> pd.DataFrame:
-    "The fitted estimator's forecast had it chosen `cand` (its networks refitted once per fold via `cache`)."
+    "The fitted estimator's forecast had it chosen `cand` (its networks refitted once per fold via `cache`, or the fit's own)."
     f = est.fitted_
     if cand["name"] == f["chosen"]: return est.predict(level=level)
     alt = copy.copy(est)
     key = (cand["base"], *[(mm["cell"], mm["seed"]) for mm in cand["members"]])
+    if key == (f["base"], *[(mm["cell"], mm["seed"]) for mm in f["members"]]): cache[key] = est.models_   # the fit's own refit
     if key not in cache: cache[key] = est._final_models(cand, est.series_, f["input_size"], f["season_length"], f["stats"])[0]
     alt.models_ = cache[key]
     alt.scores_ = scaled_residuals(cand["val_out"], est.candidates_["data"][cand["base"]])
@@ -117,7 +116,8 @@ def _series_result(name: str, n_windows: int, holdout_windows: int, cache: Path)
     f = cache / f"{name}.json"
     if f.is_file():
         doc = read_json(f)
-        if doc.get("settings") == want and "table_columns" in doc: return pd.DataFrame(doc["table"])[doc["table_columns"]].fillna(np.nan), pd.DataFrame(doc["choices"])
+        if doc.get("settings") == want and "table_columns" in doc:
+            return pd.DataFrame(doc["table"])[doc["table_columns"]].fillna(np.nan), pd.DataFrame(doc["choices"])
     spec = benchmark_series(name); df, freq, m = spec.frame()
     table, choices = compare_rules(df, freq, m, spec.h, name, n_windows, holdout_windows)
     atomic_write_json(f, {"settings": want, "table": _records(table), "table_columns": list(table.columns), "choices": _records(choices)})

@@ -17,8 +17,8 @@ from .panel import SeriesData, Windows, scaled_mae, scaled_residuals
 
 # %% auto #0
 __all__ = ['STAT_MODELS', 'STAT', 'MIX', 'GATE_Z', 'SELECT_RULES', 'check_stat_models', 'stat_model', 'filled', 'stat_forecast',
-           'rolling_forecasts', 'stat_validation', 'final_forecasts', 'stat_candidates', 'paired_candidate',
-           'window_losses', 'dm_z', 'gated_choice', 'choose']
+           'rolling_forecasts', 'stat_validation', 'final_forecasts', 'best_network', 'best_stat_model', 'mixed',
+           'stat_candidates', 'paired_candidate', 'window_losses', 'dm_z', 'gated_choice', 'choose']
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #d29cb3ff
 STAT_MODELS = ("AutoETS", "AutoARIMA", "AutoTheta")     # statsforecast models the estimator may choose
@@ -84,6 +84,22 @@ def final_forecasts(series: Sequence[SeriesData], names: Sequence[str], m: int, 
 STAT = "stat"      # a candidate without a network: statistical models or their mean
 MIX = "mix"        # the mean of the best network and statistical forecasts (their combination, or the best model)
 
+def best_network(cands: Sequence[dict], base: str) -> dict | None:
+    "The lowest-scoring candidate of networks alone (no statistical part) on `base`; None without one."
+    nets = [c for c in cands if c["members"] and c["base"] == base and c.get("net_weight", 1.0) == 1.0]
+    return min(nets, key=lambda c: c["score"]) if nets else None
+
+def best_stat_model(cands: Sequence[dict]) -> dict | None:
+    "The lowest-scoring single statistical model; None without one."
+    stats = [c for c in cands if c["cell"] == STAT and len(c["stat"]) == 1]
+    return min(stats, key=lambda c: c["score"]) if stats else None
+
+def mixed(net: dict, stat: dict, d: dict[str, np.ndarray]) -> dict:
+    "The equal-weight mean of a network candidate and a statistical one (`mix/<net>+<stat>`), scored on the base's arrays `d`."
+    v = 0.5 * (net["val_out"] + stat["val_out"])
+    return {**net, "name": f"{MIX}/{net['name']}+{stat['name']}", "stat": stat["stat"], "net_weight": 0.5, "val_out": v,
+            "score": scaled_mae(v, d), "fit_s": net["fit_s"] + stat["fit_s"]}
+
 def stat_candidates(series: Sequence[SeriesData], va: Windows, names: Sequence[str], m: int, h: int, base: str,
                     d: dict[str, np.ndarray], nets: Sequence[dict]) -> tuple[list[dict], dict[str, str]]:
     "Candidates without a network: each statistical model, their mean, and that mean with the best network; failures."
@@ -95,23 +111,13 @@ def stat_candidates(series: Sequence[SeriesData], va: Windows, names: Sequence[s
                                     "val_out": out, "score": scaled_mae(out, d), "fit_s": time.perf_counter() - t0}
     out = [one(f"{STAT}/{n}", [n], scaled(F)) for n, F in fc.items()]
     if len(fc) > 1: out.append(one(f"{STAT}/combo", list(fc), scaled(np.mean(list(fc.values()), axis=0))))
-    nets = [c for c in nets if c["members"] and c["base"] == base]
-    if nets:
-        net, comb = min(nets, key=lambda c: c["score"]), out[-1]
-        v = 0.5 * (net["val_out"] + comb["val_out"])
-        out.append({**net, "name": f"{MIX}/{net['name']}+{comb['name']}", "stat": comb["stat"], "net_weight": 0.5, "val_out": v,
-                    "score": scaled_mae(v, d), "fit_s": net["fit_s"] + comb["fit_s"]})
+    if (net := best_network(nets, base)) is not None: out.append(mixed(net, out[-1], d))
     return out, failed
 
 def paired_candidate(cands: Sequence[dict], d: dict[str, np.ndarray], base: str) -> dict | None:
     "The equal-weight mean of the best network on `base` and the best single statistical model, scored; None without both."
-    nets = [c for c in cands if c["members"] and c["base"] == base and c.get("net_weight", 1.0) == 1.0]
-    stats = [c for c in cands if c["cell"] == STAT and len(c["stat"]) == 1]
-    if not nets or not stats: return None
-    net, st = min(nets, key=lambda c: c["score"]), min(stats, key=lambda c: c["score"])
-    v = 0.5 * (net["val_out"] + st["val_out"])
-    return {**net, "name": f"{MIX}/{net['name']}+{st['name']}", "stat": st["stat"], "net_weight": 0.5, "val_out": v,
-            "score": scaled_mae(v, d), "fit_s": net["fit_s"] + st["fit_s"]}
+    net, stat = best_network(cands, base), best_stat_model(cands)
+    return None if net is None or stat is None else mixed(net, stat, d)
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #45b937f0
 GATE_Z = 1.2816    # one-sided 10% normal quantile: how sure the choice must be to leave the statistical default
