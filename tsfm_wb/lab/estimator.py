@@ -69,7 +69,7 @@ class SplineLSTM:
                  refit: bool = True,                     # retrain on all data for the chosen epochs
                  n_seeds: int = 1,                       # networks per cell, averaged (seed, seed + 1, ...)
                  stat_models: Sequence[str] = STAT_MODELS,  # statistical candidates of cell='auto' (() for none)
-                 select: str = "combine",                # 'combine', 'gated' or 'best' (tsfm_wb.lab.stat_base.choose)
+                 select: str = "combine",                # a SELECT_RULES name (tsfm_wb.lab.stat_base.choose)
                  level: Sequence[float] | None = DEFAULT_LEVELS,   # default interval levels of predict
                  quantiles: Sequence[float] | None = None,          # alternative to level: bounding quantiles
                  hist_exog_list: Sequence[str] = (), futr_exog_list: Sequence[str] = (), stat_exog_list: Sequence[str] = (),

@@ -43,14 +43,16 @@ def rule_candidates(est: _RecordingLSTM) -> dict[str, dict]:
     return out
 
 def forecast_as(est: _RecordingLSTM, cand: dict, cache: dict, level: Sequence[float] = (80, 90)) -> pd.DataFrame:
-    "The fitted estimator's forecast had it chosen `cand` (its networks refitted once per fold via `cache`, or the fit's own)."
+    "The fitted estimator's forecast had it chosen `cand` (each network refitted once per fold via `cache`, or the fit's own)."
     f = est.fitted_
     if cand["name"] == f["chosen"]: return est.predict(level=level)
-    alt = copy.copy(est)
-    key = (cand["base"], *[(mm["cell"], mm["seed"]) for mm in cand["members"]])
-    if key == (f["base"], *[(mm["cell"], mm["seed"]) for mm in f["members"]]): cache[key] = est.models_   # the fit's own refit
-    if key not in cache: cache[key] = est._final_models(cand, est.series_, f["input_size"], f["season_length"], f["stats"])[0]
-    alt.models_ = cache[key]
+    alt, key = copy.copy(est), lambda base, mm: (base, mm["cell"], mm["seed"])
+    for mm, model in zip(f["members"], est.models_): cache.setdefault(key(f["base"], mm), model)   # the fit's own refit
+    todo = [mm for mm in cand["members"] if key(cand["base"], mm) not in cache]
+    if todo:
+        models = est._final_models({**cand, "members": todo}, est.series_, f["input_size"], f["season_length"], f["stats"])[0]
+        cache.update({key(cand["base"], mm): model for mm, model in zip(todo, models)})
+    alt.models_ = [cache[key(cand["base"], mm)] for mm in cand["members"]]
     alt.scores_ = scaled_residuals(cand["val_out"], est.candidates_["data"][cand["base"]])
     alt.stat_fc_ = final_forecasts(est.series_, cand["stat"], f["season_length"], est.h) if cand.get("stat") else None
     alt.fitted_ = {**f, "chosen": cand["name"], "base": cand["base"], "stat": cand.get("stat", []),

@@ -16,9 +16,10 @@ from ..core import ConfigError, ModelError
 from .panel import SeriesData, Windows, scaled_mae, scaled_residuals
 
 # %% auto #0
-__all__ = ['STAT_MODELS', 'STAT', 'MIX', 'GATE_Z', 'SELECT_RULES', 'check_stat_models', 'stat_model', 'filled', 'stat_forecast',
-           'rolling_forecasts', 'stat_validation', 'final_forecasts', 'best_network', 'best_stat_model', 'mixed',
-           'stat_candidates', 'paired_candidate', 'window_losses', 'dm_z', 'gated_choice', 'choose']
+__all__ = ['STAT_MODELS', 'STAT', 'MIX', 'PAIR_RULES', 'GATE_Z', 'SELECT_RULES', 'check_stat_models', 'stat_model', 'filled',
+           'stat_forecast', 'rolling_forecasts', 'stat_validation', 'final_forecasts', 'best_network',
+           'best_stat_model', 'pooled_network', 'stat_combination', 'mixed', 'stat_candidates', 'paired_candidate',
+           'window_losses', 'dm_z', 'gated_choice', 'choose']
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #d29cb3ff
 STAT_MODELS = ("AutoETS", "AutoARIMA", "AutoTheta")     # statsforecast models the estimator may choose
@@ -94,6 +95,16 @@ def best_stat_model(cands: Sequence[dict]) -> dict | None:
     stats = [c for c in cands if c["cell"] == STAT and len(c["stat"]) == 1]
     return min(stats, key=lambda c: c["score"]) if stats else None
 
+def pooled_network(cands: Sequence[dict], base: str) -> dict | None:
+    "The network candidate on `base` with the most members (the cells' ensemble under cell='auto'); None without one."
+    nets = [c for c in cands if c["members"] and c["base"] == base and c.get("net_weight", 1.0) == 1.0]
+    return max(nets, key=lambda c: (len(c["members"]), -c["score"])) if nets else None
+
+def stat_combination(cands: Sequence[dict]) -> dict | None:
+    "The mean of every statistical model (`stat/combo`); the best single one without a combination; None without one."
+    combos = [c for c in cands if c["cell"] == STAT and len(c["stat"]) > 1]
+    return max(combos, key=lambda c: len(c["stat"])) if combos else best_stat_model(cands)
+
 def mixed(net: dict, stat: dict, d: dict[str, np.ndarray]) -> dict:
     "The equal-weight mean of a network candidate and a statistical one (`mix/<net>+<stat>`), scored on the base's arrays `d`."
     v = 0.5 * (net["val_out"] + stat["val_out"])
@@ -114,9 +125,13 @@ def stat_candidates(series: Sequence[SeriesData], va: Windows, names: Sequence[s
     if (net := best_network(nets, base)) is not None: out.append(mixed(net, out[-1], d))
     return out, failed
 
-def paired_candidate(cands: Sequence[dict], d: dict[str, np.ndarray], base: str) -> dict | None:
-    "The equal-weight mean of the best network on `base` and the best single statistical model, scored; None without both."
-    net, stat = best_network(cands, base), best_stat_model(cands)
+PAIR_RULES = {"combine": (best_network, best_stat_model), "combine_cells": (pooled_network, best_stat_model),
+              "combine_combo": (best_network, stat_combination), "combine_pool": (pooled_network, stat_combination)}
+
+def paired_candidate(cands: Sequence[dict], d: dict[str, np.ndarray], base: str, rule: str = "combine") -> dict | None:
+    "The equal-weight mean of the network half and the statistical half of `rule` (PAIR_RULES), scored; None without both."
+    pick_net, pick_stat = PAIR_RULES[rule]
+    net, stat = pick_net(cands, base), pick_stat(cands)
     return None if net is None or stat is None else mixed(net, stat, d)
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #45b937f0
@@ -150,15 +165,15 @@ def gated_choice(cands: Sequence[dict], data: dict[str, dict[str, np.ndarray]], 
     return (best if zval > z else ref), {"default": ref["name"], "challenger": best["name"], "z": zval, "threshold": z}
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #21830b5b
-SELECT_RULES = ("combine", "gated", "best")     # the best network + the best statistical model; gated_choice; the lowest score
+SELECT_RULES = (*PAIR_RULES, "gated", "best")     # a network + a statistical half (PAIR_RULES); gated_choice; the lowest score
 
 def choose(cands: Sequence[dict], data: dict[str, dict[str, np.ndarray]], va: Windows, h: int, rule: str,
            base: str) -> tuple[list[dict], dict, dict[str, Any] | None]:
-    "The candidates (with the pair under 'combine', unless already there), the chosen one and the gate's test (None if not applied)."
+    "The candidates (with a PAIR_RULES pair, unless already there), the chosen one and the gate's test (None if not applied)."
     if rule not in SELECT_RULES: raise ConfigError(f"unknown select {rule!r}; choose one of {list(SELECT_RULES)}")
     if rule == "best": return list(cands), min(cands, key=lambda c: c["score"]), None
-    pair = paired_candidate(cands, data[base], base) if rule == "combine" else None
+    pair = paired_candidate(cands, data[base], base, rule) if rule in PAIR_RULES else None
     if pair is not None:
-        same = next((c for c in cands if c["name"] == pair["name"]), None)   # one statistical model: the mix is the pair
+        same = next((c for c in cands if c["name"] == pair["name"]), None)   # already a candidate (the combo's mix, say)
         return ([*cands], same, None) if same is not None else ([*cands, pair], pair, None)
     return list(cands), *gated_choice(cands, data, va, h)
