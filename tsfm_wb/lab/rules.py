@@ -100,9 +100,10 @@ def rules_summary(table: pd.DataFrame, rules: Sequence[str] = RULES, peers: Sequ
     return ratios.reset_index(), summ
 
 # %% ../../nbs/lab/13g_rules.ipynb #2fa0509f
-def rules_markdown(tables: pd.DataFrame, choices: pd.DataFrame, skipped: dict[str, str], holdout_windows: int, n_windows: int) -> str:
-    "The comparison as a markdown page."
-    ratios, summ = rules_summary(tables)
+def rules_markdown(tables: pd.DataFrame, choices: pd.DataFrame, skipped: dict[str, str], holdout_windows: int, n_windows: int,
+                   summary: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> str:
+    "The comparison as a markdown page (`summary`: rules_summary(tables), when already computed)."
+    ratios, summ = summary or rules_summary(tables)
     lines = ["# The estimator's choice rules on development windows", "",
              f"Every series without its last {holdout_windows} windows of h steps (the benchmark's scored windows), then {n_windows} "
              "rolling origins at the end of the rest, step h; one estimator fit per fold, every rule forecast from it.", "",
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not tables: print("error: no entry is long enough for these windows", flush=True); return 2
     tables, choices = pd.concat(tables, ignore_index=True), pd.concat(choices, ignore_index=True)
     ratios, summ = rules_summary(tables)
-    atomic_write_text(out / "rules.md", rules_markdown(tables, choices, skipped, a.holdout_windows, a.n_windows))
+    atomic_write_text(out / "rules.md", rules_markdown(tables, choices, skipped, a.holdout_windows, a.n_windows, (ratios, summ)))
     atomic_write_json(out / "rules.json", {"summary": _records(summ), "ratios": _records(ratios), "table": _records(tables),
                                            "choices": _records(choices), "skipped": skipped})
     print(df_to_markdown(summ), flush=True)
