@@ -26,9 +26,9 @@ from .panel import cv_cutoffs
 
 # %% auto #0
 __all__ = ['BENCHMARK_SERIES', 'BENCHMARK_PANEL', 'PEERS', 'STAT_PEERS', 'BenchmarkSeries', 'benchmark_series', 'fold_cutoffs',
-           'peer_cv', 'score_cv', 'coverage_by_step', 'BenchmarkResult', 'run_series', 'save_series_result',
-           'load_series_result', 'run_benchmark', 'summarize', 'lab_choices', 'step_coverage', 'benchmark_markdown',
-           'write_benchmark', 'main']
+           'peer_cv', 'score_cv', 'coverage_by_step', 'BenchmarkResult', 'run_series', 'forecasts_json',
+           'forecasts_frame', 'save_series_result', 'load_series_result', 'run_benchmark', 'summarize', 'lab_choices',
+           'step_coverage', 'benchmark_markdown', 'write_benchmark', 'main']
 
 # %% ../../nbs/lab/13f_benchmark.ipynb #9473b187
 @dataclass(frozen=True)
@@ -207,20 +207,28 @@ def _records(d: pd.DataFrame) -> list[dict[str, Any]]:
     "A frame's rows as dicts, NaN as None (JSON has no NaN)."
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in d.to_dict("records")]
 
+def forecasts_json(cv: pd.DataFrame) -> dict[str, list]:
+    "A cross-validation frame as JSON columns: `ds` and `cutoff` as ISO text, NaN as None."
+    return {c: (cv[c].dt.strftime("%Y-%m-%dT%H:%M:%S") if c in ("ds", "cutoff") else cv[c].astype(object).where(cv[c].notna(), None)).tolist()
+            for c in cv.columns}
+
+def forecasts_frame(cols: dict[str, list], order: Sequence[str]) -> pd.DataFrame:
+    "The frame `forecasts_json` wrote, its columns in `order`."
+    cv = pd.DataFrame(cols)[list(order)]
+    for c in cv.columns: cv[c] = pd.to_datetime(cv[c]) if c in ("ds", "cutoff") else cv[c] if c == "unique_id" else cv[c].astype(float)
+    return cv
+
 def save_series_result(result: BenchmarkResult, path: str | Path) -> Path:
     "One series' result as JSON (atomically): table, forecasts (timestamps as ISO text), fit summaries, failures, settings."
     (name, cv), = result.forecasts.items()
-    cols = {c: (cv[c].dt.strftime("%Y-%m-%dT%H:%M:%S") if c in ("ds", "cutoff") else cv[c].astype(object).where(cv[c].notna(), None)).tolist()
-            for c in cv.columns}
-    return atomic_write_json(path, {"series": name, "table": _records(result.table), "table_columns": list(result.table.columns), "forecasts": cols,
-                                    "forecast_columns": list(cv.columns), "fits": result.fits[name],
+    return atomic_write_json(path, {"series": name, "table": _records(result.table), "table_columns": list(result.table.columns),
+                                    "forecasts": forecasts_json(cv), "forecast_columns": list(cv.columns), "fits": result.fits[name],
                                     "failures": result.failures, "settings": result.settings})
 
 def load_series_result(path: str | Path) -> BenchmarkResult:
     "A result written by `save_series_result`."
     doc = read_json(path)
-    cv = pd.DataFrame(doc["forecasts"])[doc["forecast_columns"]]
-    for c in cv.columns: cv[c] = pd.to_datetime(cv[c]) if c in ("ds", "cutoff") else cv[c] if c == "unique_id" else cv[c].astype(float)
+    cv = forecasts_frame(doc["forecasts"], doc["forecast_columns"])
     return BenchmarkResult(pd.DataFrame(doc["table"])[doc["table_columns"]].fillna(np.nan), {doc["series"]: cv}, {doc["series"]: doc["fits"]},
                            doc["failures"], doc["settings"])
 

@@ -18,10 +18,11 @@ from .panel import scaled_residuals
 from .estimator import SplineLSTM
 from .stat_base import SELECT_RULES, STAT, best_network, best_stat_model, choose, final_forecasts
 from .benchmark import (BENCHMARK_PANEL, BENCHMARK_SERIES, PEERS, STAT_PEERS, _drop_tail, _records, benchmark_series,
-                                   fold_cutoffs, peer_cv, score_cv)
+                                   fold_cutoffs, forecasts_frame, forecasts_json, peer_cv, score_cv)
 
 # %% auto #0
-__all__ = ['RULES', 'rule_candidates', 'forecast_as', 'compare_rules', 'rules_summary', 'rules_markdown', 'main']
+__all__ = ['RULES', 'rule_candidates', 'forecast_as', 'compare_rules', 'rules_summary', 'rules_markdown', 'load_rule_forecasts',
+           'main']
 
 # %% ../../nbs/lab/13g_rules.ipynb #b17a599a
 RULES = (*SELECT_RULES, "network", "statistical")
@@ -62,8 +63,8 @@ def forecast_as(est: _RecordingLSTM, cand: dict, cache: dict, level: Sequence[fl
 # %% ../../nbs/lab/13g_rules.ipynb #df7f31eb
 def compare_rules(df: pd.DataFrame, freq: str, m: int, h: int, name: str, n_windows: int = 5, holdout_windows: int = 5,
                   estimator: dict[str, Any] | None = None, level: Sequence[float] = (80, 90),
-                  peers: Sequence[str] = PEERS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Every rule and peer scored on the development folds of one frame (table), and each fold's choice per rule."
+                  peers: Sequence[str] = PEERS) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    "Every rule and peer scored on the development folds of one frame (table), each fold's choice per rule, the forecasts."
     if holdout_windows: df = _drop_tail(df, freq, holdout_windows * h)
     cuts = fold_cutoffs(df, freq, h, n_windows)
     pcv = peer_cv(df, freq, m, h, cuts, level, peers)[0]
@@ -81,7 +82,7 @@ def compare_rules(df: pd.DataFrame, freq: str, m: int, h: int, name: str, n_wind
     cv = cv.merge(df[["unique_id", "ds", "y"]], on=["unique_id", "ds"], how="left")
     table = score_cv(cv, df, freq, m, [*parts, *peers], level)
     table.insert(0, "series", name)
-    return table, pd.DataFrame(choices)
+    return table, pd.DataFrame(choices), cv
 
 # %% ../../nbs/lab/13g_rules.ipynb #fd55118e
 def rules_summary(table: pd.DataFrame, rules: Sequence[str] = RULES, peers: Sequence[str] = STAT_PEERS) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -113,8 +114,14 @@ def rules_markdown(tables: pd.DataFrame, choices: pd.DataFrame, skipped: dict[st
     if skipped: lines += ["## Skipped", "", *[f"- {k}: {v}" for k, v in skipped.items()], ""]
     return "\n".join(lines)
 
+def load_rule_forecasts(path: str | Path) -> pd.DataFrame:
+    "The development forecasts of every rule and peer that `main` kept for one entry (unique_id, ds, cutoff, y, <rule>, ...)."
+    doc = read_json(path)
+    if "forecasts" not in doc: raise DataValidationError(f"{path} holds no forecasts (an older run): run the entry again")
+    return forecasts_frame(doc["forecasts"], doc["forecast_columns"])
+
 def _series_result(name: str, n_windows: int, holdout_windows: int, cache: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "One entry's table and choices, from `cache` when it holds them for the same settings, else computed and kept there."
+    "One entry's table and choices, from `cache` when it holds them for the same settings, else computed and kept there (with the forecasts)."
     want = {"series": name, "n_windows": n_windows, "holdout_windows": holdout_windows, "rules": list(RULES)}
     f = cache / f"{name}.json"
     if f.is_file():
@@ -122,8 +129,9 @@ def _series_result(name: str, n_windows: int, holdout_windows: int, cache: Path)
         if doc.get("settings") == want and "table_columns" in doc:
             return pd.DataFrame(doc["table"])[doc["table_columns"]].fillna(np.nan), pd.DataFrame(doc["choices"])
     spec = benchmark_series(name); df, freq, m = spec.frame()
-    table, choices = compare_rules(df, freq, m, spec.h, name, n_windows, holdout_windows)
-    atomic_write_json(f, {"settings": want, "table": _records(table), "table_columns": list(table.columns), "choices": _records(choices)})
+    table, choices, cv = compare_rules(df, freq, m, spec.h, name, n_windows, holdout_windows)
+    atomic_write_json(f, {"settings": want, "table": _records(table), "table_columns": list(table.columns), "choices": _records(choices),
+                          "forecasts": forecasts_json(cv), "forecast_columns": list(cv.columns)})
     return table, choices
 
 def main(argv: Sequence[str] | None = None) -> int:
