@@ -85,9 +85,13 @@ def final_forecasts(series: Sequence[SeriesData], names: Sequence[str], m: int, 
 STAT = "stat"      # a candidate without a network: statistical models or their mean
 MIX = "mix"        # the mean of the best network and statistical forecasts (their combination, or the best model)
 
+def _networks(cands: Sequence[dict], base: str) -> list[dict]:
+    "The candidates of networks alone (no statistical part) on `base`."
+    return [c for c in cands if c["members"] and c["base"] == base and c.get("net_weight", 1.0) == 1.0]
+
 def best_network(cands: Sequence[dict], base: str) -> dict | None:
     "The lowest-scoring candidate of networks alone (no statistical part) on `base`; None without one."
-    nets = [c for c in cands if c["members"] and c["base"] == base and c.get("net_weight", 1.0) == 1.0]
+    nets = _networks(cands, base)
     return min(nets, key=lambda c: c["score"]) if nets else None
 
 def best_stat_model(cands: Sequence[dict]) -> dict | None:
@@ -97,7 +101,7 @@ def best_stat_model(cands: Sequence[dict]) -> dict | None:
 
 def pooled_network(cands: Sequence[dict], base: str) -> dict | None:
     "The network candidate on `base` with the most members (the cells' ensemble under cell='auto'); None without one."
-    nets = [c for c in cands if c["members"] and c["base"] == base and c.get("net_weight", 1.0) == 1.0]
+    nets = _networks(cands, base)
     return max(nets, key=lambda c: (len(c["members"]), -c["score"])) if nets else None
 
 def stat_combination(cands: Sequence[dict]) -> dict | None:
