@@ -14,7 +14,7 @@ from ..core import ConfigError, DataValidationError
 
 # %% auto #0
 __all__ = ['DEFAULT_LEVELS', 'check_levels', 'quantiles_to_levels', 'level_label', 'interval_columns', 'step_quantiles',
-           'abs_quantiles', 'conformal_offsets', 'scores_per_step', 'interval_bounds', 'plot_fan']
+           'abs_quantiles', 'conformal_offsets', 'scores_per_step', 'interval_bounds', 'plot_fan', 'plot_cv']
 
 # %% ../../nbs/lab/13b_intervals.ipynb #814877cd
 DEFAULT_LEVELS = (80, 90)
@@ -102,6 +102,19 @@ def interval_bounds(point: np.ndarray, scale: np.ndarray, offsets: dict[float, t
     return out
 
 # %% ../../nbs/lab/13b_intervals.ipynb #cc0e2433
+def _levels_in(frame: Any, model: str, levels: Sequence[float] | None) -> list[float]:
+    "The levels to draw: `levels`, else every `<model>-lo-<level>` column of `frame`."
+    if levels is not None: return check_levels(levels)
+    return sorted(float(c.rsplit("-", 1)[1]) for c in frame if c.startswith(f"{model}-lo-"))
+
+def _bands(ax: Any, forecast: Any, model: str, levels: Sequence[float], color: str = "tab:blue", labels: bool = True) -> None:
+    "One shaded band per level (darker for narrower ones) and the point forecast of `model` on `ax`."
+    for i, v in enumerate(reversed(list(levels))):
+        lab = level_label(v)
+        ax.fill_between(forecast["ds"], forecast[f"{model}-lo-{lab}"], forecast[f"{model}-hi-{lab}"], color=color,
+                        alpha=0.15 + 0.2 * i, lw=0, label=f"{lab}% interval" if labels else None)
+    ax.plot(forecast["ds"], forecast[model], color=color, lw=1.5, label=model if labels else None)
+
 def plot_fan(history: Any, forecast: Any, model: str, levels: Sequence[float] | None = None, n_history: int | None = None,
              ax: Any = None, title: str | None = None) -> Any:
     "Fan chart of one series: history (ds, y), point forecast and bands of `forecast` (ds, <model>, <model>-lo/hi-<level>)."
@@ -109,12 +122,34 @@ def plot_fan(history: Any, forecast: Any, model: str, levels: Sequence[float] | 
     ax = ax or plt.subplots(figsize=(7, 3))[1]
     hist = history.iloc[-n_history:] if n_history else history
     ax.plot(hist["ds"], hist["y"], color="k", lw=1, label="observed")
-    lv = check_levels(levels) if levels is not None else sorted(float(c.rsplit("-", 1)[1]) for c in forecast if c.startswith(f"{model}-lo-"))
-    for i, v in enumerate(reversed(lv)):
-        lab = level_label(v)
-        ax.fill_between(forecast["ds"], forecast[f"{model}-lo-{lab}"], forecast[f"{model}-hi-{lab}"], color="tab:blue",
-                        alpha=0.15 + 0.2 * i, lw=0, label=f"{lab}% interval")
-    ax.plot(forecast["ds"], forecast[model], color="tab:blue", lw=1.5, label=model)
+    _bands(ax, forecast, model, _levels_in(forecast, model, levels))
     if title: ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=30)
+    return ax
+
+# %% ../../nbs/lab/13b_intervals.ipynb #b3d9f4e6
+def plot_cv(cv: Any, model: str, others: Sequence[str] = (), uid: Any = None, history: Any = None,
+            n_history: int | None = None, levels: Sequence[float] | None = None, ax: Any = None, title: str | None = None) -> Any:
+    "Rolling-origin forecasts of one series (`uid`, default the first) from a cross-validation frame, with bands per cutoff."
+    import matplotlib.pyplot as plt
+    uid = cv["unique_id"].iloc[0] if uid is None else uid
+    d = cv[cv["unique_id"] == uid]
+    if d.empty: raise DataValidationError(f"no series {uid!r} in the cross-validation frame")
+    missing = [c for c in (model, *others) if c not in d]
+    if missing: raise DataValidationError(f"the cross-validation frame has no column(s) {missing}; its models: {list(d.columns[4:])}")
+    ax = ax or plt.subplots(figsize=(8, 3))[1]
+    if history is not None:
+        h = history[history["unique_id"] == uid] if "unique_id" in history else history
+        h = h[h["ds"] <= d["cutoff"].min()]
+        h = h.iloc[-n_history:] if n_history else h
+        ax.plot(h["ds"], h["y"], color="0.45", lw=1, label="history")
+    ax.plot(d["ds"], d["y"], color="k", lw=1, marker=".", ms=3, label="observed")
+    lv = _levels_in(d, model, levels)
+    for i, (cut, f) in enumerate(d.groupby("cutoff", sort=True)):
+        _bands(ax, f, model, lv, labels=i == 0)
+        for j, o in enumerate(others):
+            ax.plot(f["ds"], f[o], color=f"C{j + 1}", lw=1.2, ls="--", label=o if i == 0 else None)
+        ax.axvline(cut, color="0.6", lw=0.8, ls=":")
+    ax.set_title(title or f"{uid}: {d['cutoff'].nunique()} rolling-origin windows")
     ax.tick_params(axis="x", labelrotation=30)
     return ax
