@@ -296,10 +296,11 @@ def _save_png(fig: Any, path: Path, dpi: int = 90) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 def worst_series(cv: pd.DataFrame, model: str, peer: str) -> Any:
-    "The unique_id where `model`'s MAE over `peer`'s, on the scored windows, is largest."
+    "The unique_id where `model`'s MAE over `peer`'s, on the scored windows, is largest (the first when none can be scored)."
     d = cv[cv["y"].notna()]
     err = lambda c: (d["y"] - d[c]).abs().groupby(d["unique_id"], sort=False).mean()
-    return (err(model) / err(peer)).idxmax()
+    ratio = (err(model) / err(peer)).reindex(cv["unique_id"].unique())
+    return ratio.fillna(-np.inf).idxmax()
 
 def benchmark_figures(result: BenchmarkResult, out_dir: str | Path, history: dict[str, pd.DataFrame] | None = None,
                       lab: str = DEFAULT_ALIAS) -> list[Path]:
