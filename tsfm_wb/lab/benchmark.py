@@ -267,24 +267,29 @@ def summarize(table: pd.DataFrame, lab: str = DEFAULT_ALIAS, peers: Sequence[str
     return s, checks
 
 # %% ../../nbs/lab/13f_benchmark.ipynb #e4a7c9b3
-_RATIO_COLORS = ((1.0, "tab:green"), (1.10, "tab:orange"), (np.inf, "tab:red"))
+_RATIO_COLORS = ((1.0, "tab:green"), (1.10, "tab:orange"), (np.inf, "tab:red"))   # up to each limit; no ratio: grey
+
+def _ratio_color(r: float) -> str:
+    "The bar colour of a lab / best-peer MASE ratio."
+    return next((c for lim, c in _RATIO_COLORS if r <= lim), "0.6")
 
 def plot_benchmark(summary: pd.DataFrame, max_ratio: float = 1.10, min_cov90: float = 0.85, fig: Any = None) -> Any:
     "Two panels of `summarize`'s table: lab / best-peer MASE per series, and the lab's 80% and 90% coverage per series."
     from matplotlib.figure import Figure
     fig = fig or Figure(figsize=(11, 0.45 * len(summary) + 1.6))
     ax_r, ax_c = fig.subplots(1, 2, sharey=True)
-    y = np.arange(len(summary))[::-1]
-    colors = [next(c for lim, c in _RATIO_COLORS if r <= lim) for r in summary["ratio"]]
-    ax_r.barh(y, summary["ratio"], color=colors)
-    for yi, r, peer in zip(y, summary["ratio"], summary["best_peer"]): ax_r.text(r, yi, f" {r:.3f} vs {peer}", va="center", fontsize=8)
+    y, ratio = np.arange(len(summary))[::-1], summary["ratio"].to_numpy(float)
+    ax_r.barh(y, np.nan_to_num(ratio), color=[_ratio_color(r) for r in ratio])
+    for yi, r, peer in zip(y, ratio, summary["best_peer"]): ax_r.text(np.nan_to_num(r), yi, f" {r:.3f} vs {peer}", va="center", fontsize=8)
     ax_r.axvline(1.0, color="k", lw=0.8); ax_r.axvline(max_ratio, color="tab:red", lw=0.8, ls="--")
-    ax_r.set(yticks=y, yticklabels=summary["series"], xlabel="lab MASE / best peer's MASE", xlim=(0, max(1.6, summary["ratio"].max() * 1.35)))
+    ax_r.set(yticks=y, yticklabels=summary["series"], xlabel="lab MASE / best peer's MASE",
+             xlim=(0, max(1.6, np.nanmax(ratio, initial=0) * 1.35)))
     for lv, mk in ((80, "o"), (90, "s")):
         ax_c.scatter(summary[f"lab_cov{lv}"], y, marker=mk, label=f"{lv}% interval", zorder=3)
         ax_c.axvline(lv / 100, color="0.5", lw=0.8)
     ax_c.axvline(min_cov90, color="tab:red", lw=0.8, ls="--", label=f"90% floor {min_cov90}")
-    ax_c.set(xlabel="empirical coverage of the lab's intervals", xlim=(min(0.4, summary[["lab_cov80", "lab_cov90"]].min().min() - 0.05), 1.02))
+    low = np.nanmin(summary[["lab_cov80", "lab_cov90"]].to_numpy(float), initial=1.0)
+    ax_c.set(xlabel="empirical coverage of the lab's intervals", xlim=(min(0.4, low - 0.05), 1.02))
     ax_c.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
