@@ -89,6 +89,7 @@ def validate_series_frame(df: pd.DataFrame, *, covariates: Sequence[str] = (), a
                           freq: str | None = None, name: str = "frame") -> pd.DataFrame:
     "Check a tidy (`unique_id`, `ds`, `y`, covariates) frame and return it; raise `DataValidationError` naming the problem."
     _check_columns(df, covariates, name)
+    if df.empty: raise DataValidationError(f"{name} has no rows; pass at least one series (unique_id, ds, y)")
     _check_values(df, allow_missing_y, name)
     _check_order(df, name)
     if freq is not None: _check_grid(df, freq, name)

@@ -336,7 +336,7 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
                      level: Sequence[float] | None = None, refit: bool = True) -> pd.DataFrame:
     "Rolling-origin forecasts: unique_id, ds, cutoff, y and the forecast columns, one block per cutoff."
     h = self.h if h is None else _positive_int(h, "h")
-    n_windows, step = _positive_int(n_windows, "n_windows"), _positive_int(step_size or h, "step_size")
+    n_windows, step = _positive_int(n_windows, "n_windows"), _positive_int(h if step_size is None else step_size, "step_size")
     check_panel(df, self.hist_exog_list, self.futr_exog_list, self.stat_exog_list)
     freq = panel_freq(df, self.freq)
     groups = list(df.groupby("unique_id", sort=False))
