@@ -18,9 +18,9 @@ from ..core import (ConfigError, DataValidationError, ModelError, atomic_save_np
                           load_npz, read_json)
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
-from .panel import (BASES, base_data, crossfit_masks, cv_cutoffs, SeriesData, Windows, check_panel, concat_windows, default_input_size,
-                               design, exog_stats, scaled_mae, scaled_residuals,
-                               panel_freq, part_windows, prepare_series, season_length_for, series_windows, tail_length)
+from .panel import (BASES, base_data, crossfit_masks, cv_cutoffs, SeriesData, Windows, check_flag, check_panel, column_list,
+                               concat_windows, default_input_size, design, EXOG_LISTS, exog_stats, scaled_mae, scaled_residuals, panel_freq,
+                               part_windows, prepare_series, season_length_for, series_windows, spacing_hint, tail_length)
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
@@ -82,7 +82,7 @@ class SplineLSTM:
         if cell not in (*CELLS, AUTO): raise ConfigError(f"unknown cell {cell!r}; choose one of {[*CELLS, AUTO]}")
         if base not in (*BASES, AUTO): raise ConfigError(f"unknown base {base!r}; choose one of {[*BASES, AUTO]}")
         if select not in SELECT_RULES: raise ConfigError(f"unknown select {select!r}; choose one of {list(SELECT_RULES)}")
-        parse_hparams("lstm", units=units, layers=layers, dropout=dropout, learning_rate=learning_rate, loss=loss)
+        parse_hparams(cell if cell in CELLS else "lstm", units=units, layers=layers, dropout=dropout, learning_rate=learning_rate, loss=loss)
         for k, v in dict(batch_size=batch_size, max_epochs=max_epochs, patience=patience, n_seeds=n_seeds).items(): _positive_int(v, k)
         _positive_int(val_size, "val_size", True); _positive_int(season_length, "season_length", True)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0: raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
@@ -90,12 +90,12 @@ class SplineLSTM:
         self.levels_default = check_levels([*check_levels(level), *quantiles_to_levels(quantiles)])
         spline = {**DEFAULT_SPLINE, **(spline or {})}
         SplinePreprocessor(**spline)                                 # ConfigError on a bad option
+        cols = {k: column_list(v, k) for k, v in zip(EXOG_LISTS, (hist_exog_list, futr_exog_list, stat_exog_list))}
         self._params = dict(h=self.h, input_size=self.input_size, cell=cell, base=base, units=units, layers=layers, dropout=dropout,
                             learning_rate=learning_rate, loss=loss, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-                            val_size=val_size, refit=bool(refit), n_seeds=n_seeds, stat_models=stat_models, select=select, level=None if level is None else list(level),
-                            quantiles=None if quantiles is None else list(quantiles), hist_exog_list=list(hist_exog_list),
-                            futr_exog_list=list(futr_exog_list), stat_exog_list=list(stat_exog_list), freq=freq,
-                            season_length=season_length, spline=spline, seed=int(seed), alias=str(alias), verbose=bool(verbose))
+                            val_size=val_size, refit=check_flag(refit, "refit"), n_seeds=n_seeds, stat_models=stat_models, select=select, level=None if level is None else list(level),
+                            quantiles=None if quantiles is None else list(quantiles), **cols, freq=freq,
+                            season_length=season_length, spline=spline, seed=int(seed), alias=str(alias), verbose=check_flag(verbose, "verbose"))
         for k, v in self._params.items(): setattr(self, k, v)
         self.fitted_: dict[str, Any] | None = None
 
@@ -218,7 +218,7 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
     tr, va = (part_windows(series, L, self.h, len(self.hist_exog_list), p) for p in ("train", "val"))
     if tr is None or va is None:
         raise DataValidationError(f"no usable {'training' if tr is None else 'validation'} window: every one touches a gap longer than "
-                                  f"spline max_gap ({self.spline['max_gap']}); raise it or lower input_size")
+                                  f"spline max_gap ({self.spline['max_gap']}); raise it or lower input_size{spacing_hint(groups, freq)}")
     cands, chosen, data, failed, gate = self._select(tr, va, m, L, stats, series)
     d = data[chosen["base"]]
     scores = scaled_residuals(chosen["val_out"], d)

@@ -19,11 +19,11 @@ from ..freq import infer_freq, parse_freq, to_pandas_freq
 from .spline import SplinePreprocessor, SplineResult, regular_grid
 
 # %% auto #0
-__all__ = ['BASES', 'SCALE_FLOOR_REL', 'SCALE_FLOOR_ABS', 'VAL_FRACTION', 'season_length_for', 'check_panel', 'panel_freq',
-           'SeriesData', 'prepare_series', 'Windows', 'window_ends', 'series_windows', 'concat_windows',
-           'select_windows', 'window_scale', 'base_forecast', 'scale_windows', 'tail_length', 'default_input_size',
-           'part_windows', 'exog_stats', 'design', 'base_data', 'scaled_residuals', 'scaled_mae', 'crossfit_masks',
-           'cv_cutoffs']
+__all__ = ['BASES', 'SCALE_FLOOR_REL', 'SCALE_FLOOR_ABS', 'EXOG_LISTS', 'VAL_FRACTION', 'season_length_for', 'check_panel',
+           'panel_freq', 'column_list', 'check_flag', 'spacing_hint', 'SeriesData', 'prepare_series', 'Windows',
+           'window_ends', 'series_windows', 'concat_windows', 'select_windows', 'window_scale', 'base_forecast',
+           'scale_windows', 'tail_length', 'default_input_size', 'part_windows', 'exog_stats', 'design', 'base_data',
+           'scaled_residuals', 'scaled_mae', 'crossfit_masks', 'cv_cutoffs']
 
 # %% ../../nbs/lab/13a_panel.ipynb #823fd973
 BASES = ("last", "seasonal", "seasonal_level")   # what the network's scaled offsets are added to
@@ -87,6 +87,34 @@ def panel_freq(df: pd.DataFrame, freq: str | None = None) -> str:
         (f1, u1), (f2, u2) = list(found.items())[:2]
         raise DataValidationError(f"series disagree on the frequency: {u1!r} is {f1!r} but {u2!r} is {f2!r}; resample them or pass freq")
     return next(iter(found))
+
+# %% ../../nbs/lab/13a_panel.ipynb #e6a0c4d8
+EXOG_LISTS = ("hist_exog_list", "futr_exog_list", "stat_exog_list")   # the covariate options of the estimator
+
+def column_list(value: Any, name: str) -> list[str]:
+    "A list of column names from a list or tuple of strings; ConfigError for a bare string or a non-string entry."
+    if isinstance(value, str): raise ConfigError(f"{name} must be a list of column names, got the string {value!r}; pass [{value!r}]")
+    try: cols = list(value)
+    except TypeError: raise ConfigError(f"{name} must be a list of column names, got {type(value).__name__}") from None
+    bad = [c for c in cols if not isinstance(c, str)]
+    if bad: raise ConfigError(f"{name} must hold column names (strings), got {bad[0]!r}")
+    return cols
+
+def check_flag(value: Any, name: str) -> bool:
+    "`value` as a bool if it is one (numpy's too) or the int 0 or 1; ConfigError otherwise (a string such as 'no')."
+    if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+def spacing_hint(groups: Sequence[tuple[Any, pd.DataFrame]], freq: str) -> str:
+    "A hint naming the first series whose observations lie over 1.5 `freq` steps apart on average, else ''."
+    for uid, g in groups:
+        ds = g.loc[g["y"].notna(), "ds"]
+        if len(ds) < 2: continue
+        steps = len(pd.date_range(ds.iloc[0], ds.iloc[-1], freq=freq)) - 1
+        if steps > 1.5 * (len(ds) - 1):
+            return f"; series {uid!r} has {len(ds)} observations over {steps + 1} steps of {freq!r}: is freq right?"
+    return ""
 
 # %% ../../nbs/lab/13a_panel.ipynb #0df2fd71
 @dataclass
