@@ -20,21 +20,21 @@ from .freq import to_pandas_freq
 
 # %% auto #0
 __all__ = ['REQUIRED_COLUMNS', 'DATASETS', 'POLYMARKET_FILE', 'POLYMARKET_STEP_S', 'GAP_MODES', 'validate_series_frame',
-           'fill_gaps', 'DatasetInfo', 'register_dataset', 'list_datasets', 'bundled_path', 'load_market_series',
-           'load_dataset']
+           'validate_future_frame', 'fill_gaps', 'DatasetInfo', 'register_dataset', 'list_datasets', 'bundled_path',
+           'load_market_series', 'load_dataset']
 
 # %% ../nbs/01_data.ipynb #776cd6b7
 REQUIRED_COLUMNS = ("unique_id", "ds", "y")
 
-def _check_columns(df: pd.DataFrame, covariates: Sequence[str], name: str) -> None:
+def _check_columns(df: pd.DataFrame, covariates: Sequence[str], name: str, required: Sequence[str] = REQUIRED_COLUMNS) -> None:
     "Required and covariate columns exist with usable dtypes."
     if not isinstance(df, pd.DataFrame): raise DataValidationError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in (*REQUIRED_COLUMNS, *covariates) if c not in df.columns]
+    missing = [c for c in (*required, *covariates) if c not in df.columns]
     if missing: raise DataValidationError(f"{name} is missing column(s) {missing}; it has {list(df.columns)} "
-                                          "(a tidy frame has unique_id, ds, y and optional covariates)")
+                                          f"(it needs {', '.join(required)} and {list(covariates) or 'optional covariates'})")
     if not pd.api.types.is_datetime64_any_dtype(df["ds"]):
         raise DataValidationError(f"{name}['ds'] must be datetime64, got {df['ds'].dtype}; convert it with pd.to_datetime")
-    for c in ("y", *covariates):
+    for c in (*[c for c in required if c == "y"], *covariates):
         if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
             raise DataValidationError(f"{name}[{c!r}] must be numeric, got {df[c].dtype}; cast it with .astype(float)")
     for c in ("unique_id", "ds"):
@@ -54,13 +54,17 @@ def _first_row(df: pd.DataFrame, mask: np.ndarray) -> pd.Series:
     "The first row of `df` where `mask` is true."
     return df.iloc[int(np.argmax(mask))]
 
-def _check_order(df: pd.DataFrame, name: str) -> None:
-    "Series are contiguous blocks, with no duplicated and strictly increasing timestamps."
+def _check_unique(df: pd.DataFrame, name: str) -> None:
+    "No two rows share (unique_id, ds)."
     dup = df.duplicated(["unique_id", "ds"], keep=False).to_numpy()
     if dup.any():
         r = _first_row(df, dup)
         raise DataValidationError(f"{name} has {int(dup.sum())} rows with duplicated (unique_id, ds), first {r['unique_id']!r} at {r['ds']}; "
                                   "aggregate or drop duplicates (df.drop_duplicates(['unique_id', 'ds']))")
+
+def _check_order(df: pd.DataFrame, name: str) -> None:
+    "Series are contiguous blocks, with no duplicated and strictly increasing timestamps."
+    _check_unique(df, name)
     uid = df["unique_id"].to_numpy()
     starts = np.r_[True, uid[1:] != uid[:-1]]
     if starts.sum() != pd.unique(uid).size:
@@ -93,6 +97,12 @@ def validate_series_frame(df: pd.DataFrame, *, covariates: Sequence[str] = (), a
     _check_values(df, allow_missing_y, name)
     _check_order(df, name)
     if freq is not None: _check_grid(df, freq, name)
+    return df
+
+def validate_future_frame(df: pd.DataFrame, covariates: Sequence[str], name: str = "futr_df") -> pd.DataFrame:
+    "Check a frame of future covariates (`unique_id`, `ds`, `covariates`: no target) and return it; `DataValidationError` otherwise."
+    _check_columns(df, covariates, name, required=("unique_id", "ds"))
+    _check_unique(df, name)
     return df
 
 # %% ../nbs/01_data.ipynb #004d8348

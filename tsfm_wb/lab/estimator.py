@@ -16,6 +16,7 @@ from fastcore.basics import patch
 
 from ..core import (ConfigError, DataValidationError, ModelError, atomic_save_npz, atomic_write_json, frame_records,
                           load_npz, read_json)
+from ..data import validate_future_frame
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
 from .panel import (BASES, base_data, crossfit_masks, cv_cutoffs, SeriesData, Windows, check_flag, check_panel, column_list,
@@ -276,8 +277,7 @@ def _with_future(self: SplineLSTM, series: list[SeriesData], futr_df: pd.DataFra
     if not cols: return series
     if futr_df is None: raise DataValidationError(f"futr_df is required: the model uses future covariates {cols}; pass unique_id, ds "
                                                   f"and {cols} for the next {self.h} steps of each series")
-    missing = [c for c in ("unique_id", "ds", *cols) if c not in futr_df]
-    if missing: raise DataValidationError(f"futr_df is missing column(s) {missing}; it needs unique_id, ds and {cols}")
+    validate_future_frame(futr_df, cols)
     out, by = [], dict(list(futr_df.groupby("unique_id", sort=False)))
     for sd in series:
         fut = pd.date_range(sd.grid[-1], periods=self.h + 1, freq=self.fitted_["freq"])[1:]
@@ -355,18 +355,18 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
     out = pd.concat(parts, ignore_index=True).merge(df[["unique_id", "ds", "y"]], on=["unique_id", "ds"], how="left")
     return out[["unique_id", "ds", "cutoff", "y", *[c for c in out.columns if c.startswith(self.alias)]]]
 
-# %% ../../nbs/lab/13e_estimator.ipynb #399ea67d
+# %% ../../nbs/lab/13e_estimator.ipynb #dbac3a6c
 def _id_array(uid: pd.Series) -> np.ndarray:
     "unique_id values as a numeric or unicode array (never object, which would need pickle)."
     a = uid.to_numpy()
     return a if a.dtype.kind in "iuf" else a.astype(str)
 
-# %% ../../nbs/lab/13e_estimator.ipynb #dbac3a6c
 @patch
 def save(self: SplineLSTM, path: str | Path) -> Path:
     "Write the fitted estimator to folder `path`: estimator.json, member_<i>.keras, state.npz."
     self._check_fitted()
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    if (path := Path(path)).exists() and not path.is_dir(): raise ConfigError(f"{path} is a file; save into a folder (new or an earlier save)")
+    path.mkdir(parents=True, exist_ok=True)
     for i, m in enumerate(self.models_): save_keras(m, path / f"member_{i}.keras")
     f, cols = self.frame_, [*self.covariates, *self.stat_exog_list]
     stat_fc = self.stat_fc_ if self.stat_fc_ is not None else np.zeros((0, self.h))
@@ -382,7 +382,8 @@ def load(cls: SplineLSTM, path: str | Path) -> SplineLSTM:
     import keras
     path = Path(path)
     if not (path / ESTIMATOR_FILE).is_file(): raise ModelError(f"{path} holds no {ESTIMATOR_FILE}: not a saved SplineLSTM (or an unfinished save)")
-    doc = read_json(path / ESTIMATOR_FILE)
+    try: doc = read_json(path / ESTIMATOR_FILE)
+    except ValueError as e: raise ModelError(f"{path / ESTIMATOR_FILE} is not valid JSON ({e}); save the estimator again") from None
     if doc.get("type") != "SplineLSTM": raise ModelError(f"{path / ESTIMATOR_FILE} describes {doc.get('type')!r}, not a SplineLSTM")
     est = cls(**doc["params"]); est.fitted_ = doc["fitted"]
     st = load_npz(path / STATE_FILE)
