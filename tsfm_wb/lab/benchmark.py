@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core import ConfigError, DataValidationError, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ..core import ConfigError, DataValidationError, atomic_write_json, atomic_write_text, read_json
 from ..data import DATASETS, load_dataset
 from ..metrics import smape
 from .spline import regular_grid
@@ -27,9 +27,8 @@ from .panel import cv_cutoffs
 # %% auto #0
 __all__ = ['BENCHMARK_SERIES', 'BENCHMARK_PANEL', 'PEERS', 'STAT_PEERS', 'BenchmarkSeries', 'benchmark_series', 'fold_cutoffs',
            'peer_cv', 'score_cv', 'coverage_by_step', 'BenchmarkResult', 'run_series', 'forecasts_json',
-           'forecasts_frame', 'save_series_result', 'load_series_result', 'run_benchmark', 'summarize',
-           'plot_benchmark', 'worst_series', 'benchmark_figures', 'lab_choices', 'step_coverage', 'benchmark_markdown',
-           'write_benchmark', 'main']
+           'forecasts_frame', 'save_series_result', 'load_series_result', 'run_benchmark', 'summarize', 'lab_choices',
+           'step_coverage', 'benchmark_markdown', 'write_benchmark', 'main']
 
 # %% ../../nbs/lab/13f_benchmark.ipynb #9473b187
 @dataclass(frozen=True)
@@ -266,69 +265,6 @@ def summarize(table: pd.DataFrame, lab: str = DEFAULT_ALIAS, peers: Sequence[str
                       "cov80_pooled_0.77_0.83": 0.77 <= pooled[80] <= 0.83}
     return s, checks
 
-# %% ../../nbs/lab/13f_benchmark.ipynb #e4a7c9b3
-_RATIO_COLORS = ((1.0, "tab:green"), (1.10, "tab:orange"), (np.inf, "tab:red"))   # up to each limit; no ratio: grey
-
-def _ratio_color(r: float) -> str:
-    "The bar colour of a lab / best-peer MASE ratio."
-    return next((c for lim, c in _RATIO_COLORS if r <= lim), "0.6")
-
-def plot_benchmark(summary: pd.DataFrame, max_ratio: float = 1.10, min_cov90: float = 0.85, fig: Any = None) -> Any:
-    "Two panels of `summarize`'s table: lab / best-peer MASE per series, and the lab's 80% and 90% coverage per series."
-    from matplotlib.figure import Figure
-    fig = fig or Figure(figsize=(11, 0.45 * len(summary) + 1.6))
-    ax_r, ax_c = fig.subplots(1, 2, sharey=True)
-    y, ratio = np.arange(len(summary))[::-1], summary["ratio"].to_numpy(float)
-    ax_r.barh(y, np.nan_to_num(ratio), color=[_ratio_color(r) for r in ratio])
-    for yi, r, peer in zip(y, ratio, summary["best_peer"]): ax_r.text(np.nan_to_num(r), yi, f" {r:.3f} vs {peer}", va="center", fontsize=8)
-    ax_r.axvline(1.0, color="k", lw=0.8); ax_r.axvline(max_ratio, color="tab:red", lw=0.8, ls="--")
-    ax_r.set(yticks=y, yticklabels=summary["series"], xlabel="lab MASE / best peer's MASE",
-             xlim=(0, max(1.6, np.nanmax(ratio, initial=0) * 1.35)))
-    for lv, mk in ((80, "o"), (90, "s")):
-        ax_c.scatter(summary[f"lab_cov{lv}"], y, marker=mk, label=f"{lv}% interval", zorder=3)
-        ax_c.axvline(lv / 100, color="0.5", lw=0.8)
-    ax_c.axvline(min_cov90, color="tab:red", lw=0.8, ls="--", label=f"90% floor {min_cov90}")
-    low = np.nanmin(summary[["lab_cov80", "lab_cov90"]].to_numpy(float), initial=1.0)
-    ax_c.set(xlabel="empirical coverage of the lab's intervals", xlim=(min(0.4, low - 0.05), 1.02))
-    ax_c.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    return fig
-
-def _save_png(fig: Any, path: Path, dpi: int = 90) -> Path:
-    "A figure as PNG, written atomically."
-    import io
-    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi)
-    return atomic_write_bytes(path, buf.getvalue())
-
-def worst_series(cv: pd.DataFrame, model: str, peer: str) -> Any:
-    "The unique_id where `model`'s MAE over `peer`'s, on the scored windows, is largest (the first when none can be scored)."
-    d = cv[cv["y"].notna()]
-    err = lambda c: (d["y"] - d[c]).abs().groupby(d["unique_id"], sort=False).mean()
-    ratio = (err(model) / err(peer)).reindex(cv["unique_id"].unique())
-    return ratio.fillna(-np.inf).idxmax()
-
-def benchmark_figures(result: BenchmarkResult, out_dir: str | Path, history: dict[str, pd.DataFrame] | None = None,
-                      lab: str = DEFAULT_ALIAS) -> list[Path]:
-    "Write figures/summary.png and figures/<series>.png (the lab's scored windows next to its best peer's) under `out_dir`."
-    from matplotlib.figure import Figure
-    from tsfm_wb.lab.intervals import plot_cv
-    out = Path(out_dir) / "figures"; out.mkdir(parents=True, exist_ok=True)
-    s, _ = summarize(result.table, lab)
-    paths = [out / "summary.png"]
-    _save_png(plot_benchmark(s), paths[0])
-    for row in s.itertuples():
-        cv = result.forecasts[row.series]; uid = worst_series(cv, lab, row.best_peer)
-        h = int(cv.groupby("cutoff").size().max() / cv["unique_id"].nunique())
-        shown = f"\nshown: {uid}, of {cv['unique_id'].nunique()} series the one where the lab's MAE over {row.best_peer}'s is largest" \
-            if cv["unique_id"].nunique() > 1 else ""
-        fig = Figure(figsize=(10, 3.4 if shown else 3.2)); ax = fig.subplots()
-        plot_cv(cv, lab, [row.best_peer], uid=uid, history=(history or {}).get(row.series), n_history=3 * h, ax=ax)
-        ax.set_title(f"{row.series}: lab MASE {row.lab_MASE:.3f}, {row.best_peer} {row.peer_MASE:.3f}, ratio {row.ratio:.3f}, "
-                     f"lab 90% coverage {row.lab_cov90:.2f}{shown}", fontsize=9)
-        ax.legend(fontsize=7, ncol=5, loc="upper left"); fig.tight_layout()
-        paths.append(_save_png(fig, out / f"{row.series}.png"))
-    return paths
-
 # %% ../../nbs/lab/13f_benchmark.ipynb #b8f95f0c
 def lab_choices(result: BenchmarkResult) -> pd.DataFrame:
     "Per series and fold: the chosen candidate, the gate's test (default, challenger, z), input size, epochs, fit seconds."
@@ -378,6 +314,7 @@ def write_benchmark(result: BenchmarkResult, out_dir: Any, history: dict[str, pd
     "Write benchmark.md, benchmark.json (tables, choices, checks) and the figures (`history`: frames by series) into `out_dir`."
     s, checks = summarize(result.table)
     out = Path(out_dir)
+    from tsfm_wb.lab.benchmark_figures import benchmark_figures     # it imports this module
     figs = [p.relative_to(out).as_posix() for p in benchmark_figures(result, out, history)]
     return {"md": atomic_write_text(out / "benchmark.md", benchmark_markdown(result, figures=figs)), "figures": figs,
             "json": atomic_write_json(out / "benchmark.json", {"settings": result.settings, "checks": checks, "summary": _records(s),
