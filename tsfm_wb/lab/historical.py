@@ -53,6 +53,8 @@ def historical_forecasts(self: SplineLSTM, df: pd.DataFrame, start: Any, stride:
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ConfigError(f"stride must be an int >= 1, got {stride!r}")
     check_panel(df, self.hist_exog_list, self.futr_exog_list, self.stat_exog_list)
+    try: start = pd.Timestamp(start)
+    except (TypeError, ValueError): raise ConfigError(f"start must be a timestamp (or text pandas reads as one), got {start!r}") from None
     levels = self.levels_default if level is None else check_levels(level)
     w, grids = _origin_windows(self, df, start, int(stride))
     if w is None or len(w) == 0:
