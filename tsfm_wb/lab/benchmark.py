@@ -26,7 +26,7 @@ from .panel import cv_cutoffs
 
 # %% auto #0
 __all__ = ['BENCHMARK_SERIES', 'BENCHMARK_PANEL', 'PEERS', 'STAT_PEERS', 'BenchmarkSeries', 'benchmark_series', 'fold_cutoffs',
-           'peer_cv', 'score_cv', 'coverage_by_step', 'BenchmarkResult', 'run_series', 'forecasts_json',
+           'peer_cv', 'score_cv', 'coverage_by_step', 'BenchmarkResult', 'drop_holdout', 'run_series', 'forecasts_json',
            'forecasts_frame', 'save_series_result', 'load_series_result', 'run_benchmark', 'summarize', 'lab_choices',
            'step_coverage', 'benchmark_markdown', 'write_benchmark', 'main']
 
@@ -177,15 +177,23 @@ class BenchmarkResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
-def _drop_tail(df: pd.DataFrame, freq: str, n: int) -> pd.DataFrame:
-    "Each series without its last n grid steps."
-    return pd.concat([g[g["ds"] <= regular_grid(g["ds"], freq)[-1 - n]] for _, g in df.groupby("unique_id", sort=False)], ignore_index=True)
+def drop_holdout(df: pd.DataFrame, freq: str, holdout_windows: int, h: int) -> pd.DataFrame:
+    "Each series without its last `holdout_windows` windows of h steps (the development protocol); `df` itself for none."
+    if isinstance(holdout_windows, bool) or not isinstance(holdout_windows, (int, np.integer)) or holdout_windows < 0:
+        raise ConfigError(f"holdout_windows must be an int >= 0, got {holdout_windows!r}")
+    if holdout_windows == 0: return df
+    n, parts = int(holdout_windows) * h, []
+    for uid, g in df.groupby("unique_id", sort=False):
+        grid = regular_grid(g["ds"], freq)
+        if n >= len(grid): raise DataValidationError(f"series {uid!r} has {len(grid)} grid steps, not more than the {n} held out")
+        parts.append(g[g["ds"] <= grid[-1 - n]])
+    return pd.concat(parts, ignore_index=True)
 
 def run_series(spec: BenchmarkSeries, n_windows: int = 5, estimator: dict[str, Any] | None = None, peers: Sequence[str] = PEERS,
                level: Sequence[float] = (80, 90), holdout_windows: int = 0) -> BenchmarkResult:
     "Rolling-origin CV of the lab and the peers on one benchmark entry, scored."
     df, freq, m = spec.frame()
-    if holdout_windows: df = _drop_tail(df, freq, holdout_windows * spec.h)
+    df = drop_holdout(df, freq, holdout_windows, spec.h)
     cuts = fold_cutoffs(df, freq, spec.h, n_windows)
     pcv, secs, fails = peer_cv(df, freq, m, spec.h, cuts, level, peers)
     est = SplineLSTM(h=spec.h, freq=freq, season_length=m, **(estimator or {}))

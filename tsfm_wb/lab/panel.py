@@ -293,6 +293,8 @@ def crossfit_masks(va: Windows, h: int, n_blocks: int = 2) -> list[tuple[np.ndar
 # %% ../../nbs/lab/13a_panel.ipynb #c505eb91
 def cv_cutoffs(grid: pd.DatetimeIndex, h: int, n_windows: int, step_size: int) -> list[pd.Timestamp]:
     "The cutoffs of rolling-origin windows on one series' grid: the last is h steps before its end."
+    for v, k in ((n_windows, "n_windows"), (step_size, "step_size")):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1: raise ConfigError(f"{k} must be a positive int, got {v!r}")
     idx = [len(grid) - 1 - h - (n_windows - 1 - i) * step_size for i in range(n_windows)]
     if idx[0] < 1: raise DataValidationError(f"{len(grid)} grid steps are too few for {n_windows} windows of h={h}, step_size={step_size}")
     return [grid[i] for i in idx]

@@ -17,7 +17,7 @@ from ..core import ConfigError, DataValidationError, atomic_write_json, atomic_w
 from .panel import scaled_residuals
 from .estimator import SplineLSTM
 from .stat_base import SELECT_RULES, STAT, best_network, best_stat_model, choose, final_forecasts
-from .benchmark import (BENCHMARK_PANEL, BENCHMARK_SERIES, PEERS, STAT_PEERS, _drop_tail, _records, benchmark_series,
+from .benchmark import (BENCHMARK_PANEL, BENCHMARK_SERIES, PEERS, STAT_PEERS, _records, drop_holdout, benchmark_series,
                                    fold_cutoffs, forecasts_frame, forecasts_json, peer_cv, score_cv)
 
 # %% auto #0
@@ -65,7 +65,7 @@ def compare_rules(df: pd.DataFrame, freq: str, m: int, h: int, name: str, n_wind
                   estimator: dict[str, Any] | None = None, level: Sequence[float] = (80, 90),
                   peers: Sequence[str] = PEERS) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "Every rule and peer scored on the development folds of one frame (table), each fold's choice per rule, the forecasts."
-    if holdout_windows: df = _drop_tail(df, freq, holdout_windows * h)
+    df = drop_holdout(df, freq, holdout_windows, h)
     cuts = fold_cutoffs(df, freq, h, n_windows)
     pcv = peer_cv(df, freq, m, h, cuts, level, peers)[0]
     groups, parts, choices = list(df.groupby("unique_id", sort=False)), {}, []
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as e: print(f"error: {e}", flush=True); return 2
         except DataValidationError as e: skipped[name] = str(e); continue
         tables.append(t); choices.append(c)
-    if not tables: print("error: no entry is long enough for these windows", flush=True); return 2
+    if not tables: print(f"error: no entry is long enough for these windows: {skipped}", flush=True); return 2
     tables, choices = pd.concat(tables, ignore_index=True), pd.concat(choices, ignore_index=True)
     ratios, summ = rules_summary(tables)
     atomic_write_text(out / "rules.md", rules_markdown(tables, choices, skipped, a.holdout_windows, a.n_windows, (ratios, summ)))
