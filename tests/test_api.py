@@ -245,6 +245,14 @@ def test_serve_refuses_bad_settings_before_serving(tmp_path):
     assert out.returncode == 2 and "missing.yaml: config file not found" in out.stderr
 
 
+@pytest.mark.parametrize("args, says", [(["--port", "-5"], "port -5 is outside 0..65535"), (["--workers", "0"], "0 is not a count")])
+def test_serve_and_serve_models_refuse_bad_numbers_in_one_line(args, says, capsys):
+    from tsfm_wb.tsfm import api, model_server
+    assert api.main(args) == 2 and says in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop: model_server.main(args)          # argparse's usage error, as any CLI
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
 # --- property: 1,000 random requests --------------------------------------------------------------------------
 
 FREQS = {"5m": 300, "1h": 3600, "30s": 30, "5min": 300, "1d": 86400}

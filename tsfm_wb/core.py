@@ -34,7 +34,8 @@ __all__ = ['CONFIG_DIR_KEY', 'ConfigPath', 'SNAPSHOT_PACKAGES', 'LOG_FORMAT_ENV'
            'resolve_config_paths', 'load_config', 'bundled_path', 'StrictModel', 'seed_everything', 'config_hash',
            'make_run_id', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json',
            'atomic_save_npz', 'load_npz', 'package_versions', 'repro_snapshot', 'write_snapshot', 'JsonLineFormatter',
-           'get_logger', 'log_format_from_env', 'configure_logging', 'df_to_markdown', 'run_coroutine', 'frame_records']
+           'get_logger', 'log_format_from_env', 'configure_logging', 'df_to_markdown', 'run_coroutine', 'frame_records',
+           'port_arg', 'count_arg']
 
 # %% ../nbs/00_core.ipynb #98c185c7
 class TsfmWbError(Exception):
@@ -287,3 +288,20 @@ def run_coroutine(coro_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
 def frame_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     "Rows of `df` as JSON-ready dicts, a float NaN as None."
     return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in df.to_dict("records")]
+
+# %% ../nbs/00_core.ipynb #cl1arg02
+def port_arg(text: str) -> int:
+    "argparse type of a TCP port: an int in 0..65535 (0: the system picks a free one)."
+    import argparse
+    try: port = int(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"invalid port {text!r}: give an int in 0..65535") from None
+    if not 0 <= port <= 65535: raise argparse.ArgumentTypeError(f"port {port} is outside 0..65535")
+    return port
+
+def count_arg(text: str) -> int:
+    "argparse type of a count of at least 1 (worker processes, say)."
+    import argparse
+    try: n = int(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"invalid count {text!r}: give an int >= 1") from None
+    if n < 1: raise argparse.ArgumentTypeError(f"{n} is not a count: give an int >= 1")
+    return n

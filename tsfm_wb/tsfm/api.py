@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
 from ..core import (LOG_FORMAT_ENV, BackendError, ConfigError, DataValidationError, LicenseError, ModelError, TsfmWbError,
-                          log_format_from_env)
+                          count_arg, log_format_from_env, port_arg)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .http_guard import ErrorBody, RequestGuard, error_responses
@@ -186,8 +186,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--tollama-token", help=f"the daemon's bearer token (default: ${TOLLAMA_TOKEN_ENV}, the safer way to pass it)")
     p.add_argument("--config", help=f"runner YAML file (default: ${RUNNER_CONFIG_ENV}, else the built-in defaults)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
+    p.add_argument("--port", type=port_arg, default=8000, help="port to bind (default: %(default)s)")
+    p.add_argument("--workers", type=count_arg, default=1, help="worker processes (default: %(default)s)")
     p.add_argument("--log-format", choices=("json", "text"), help=f"log lines as JSON objects or text (default: ${LOG_FORMAT_ENV}, else text)")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p

@@ -27,7 +27,7 @@ from fastcore.basics import patch
 
 import tsfm_wb
 
-from ..core import BackendError, ConfigError, DataValidationError, TsfmWbError
+from ..core import BackendError, ConfigError, DataValidationError, TsfmWbError, count_arg, port_arg
 from .fake_tollama import FakeOptions, FakeTollama
 from .schemas import quantile_key
 from .served_models import LabModel, ModelRegistry, SeriesAnswer, default_registry, model_spec
@@ -290,11 +290,11 @@ def _parser() -> argparse.ArgumentParser:
     "The command line's arguments."
     p = argparse.ArgumentParser(prog="serve-models", description="Serve statistical and lab models over tollama's forecast protocol.")
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 11435, tollama's; 0 picks a free one)")
+    p.add_argument("--port", type=port_arg, default=DEFAULT_PORT, help="port (default 11435, tollama's; 0 picks a free one)")
     p.add_argument("--models", default=None, help="comma-separated model names (default: all of " + ", ".join(default_registry().names()) + ")")
     p.add_argument("--token", default=None, help="require `Authorization: Bearer <token>` on every route")
     p.add_argument("--token-env", default=None, metavar="VAR", help="read the token from this environment variable")
-    p.add_argument("--workers", type=int, default=2, help="model worker processes (default 2)")
+    p.add_argument("--workers", type=count_arg, default=2, help="model worker processes (default 2)")
     p.add_argument("--timeout", type=float, default=FakeOptions().default_timeout_s, help="timeout (s) of requests that send none")
     p.add_argument("--no-warm", action="store_true", help="do not warm the models when a worker starts")
     p.add_argument("--lab", action="append", default=[], metavar="NAME=PATH",
