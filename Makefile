@@ -97,7 +97,7 @@ bench: install ## benchmarks: runner in-process, service under load over HTTP, k
 LAB_BENCH ?= reports/spline_lstm
 LAB_SERIES_1 := seattle_temps sunspots realgdp passengers
 LAB_SERIES_2 := nino seattle_tmax us_employment
-lab-bench: install ## SplineLSTM vs statsforecast on 7 real series, 5 rolling windows (~25 min on 2 cores) -> reports/spline_lstm/
+lab-bench: install ## SplineLSTM vs statsforecast on 7 real series, 5 rolling windows (~40 min on 2 cores; tables and figures) -> reports/spline_lstm/
 	export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1; \
 	$(PY) -m tsfm_wb.lab.benchmark --series $(LAB_SERIES_1) --out $(LAB_BENCH) > /dev/null & p1=$$!; \
 	$(PY) -m tsfm_wb.lab.benchmark --series $(LAB_SERIES_2) --out $(LAB_BENCH) > /dev/null; s2=$$?; wait $$p1 && [ $$s2 = 0 ] && \
