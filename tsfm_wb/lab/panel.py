@@ -106,12 +106,18 @@ def check_flag(value: Any, name: str) -> bool:
         raise ConfigError(f"{name} must be True or False, got {value!r}")
     return bool(value)
 
+def _steps_between(first: pd.Timestamp, last: pd.Timestamp, freq: str) -> int:
+    "Grid steps of `freq` from `first` to `last`: by arithmetic for fixed steps (no grid built), else by counting the grid."
+    off = pd.tseries.frequencies.to_offset(freq)
+    if isinstance(off, pd.offsets.Tick): return int((last - first) // pd.Timedelta(off))
+    return len(pd.date_range(first, last, freq=off)) - 1
+
 def spacing_hint(groups: Sequence[tuple[Any, pd.DataFrame]], freq: str) -> str:
     "A hint naming the first series whose observations lie over 1.5 `freq` steps apart on average, else ''."
     for uid, g in groups:
         ds = g.loc[g["y"].notna(), "ds"]
         if len(ds) < 2: continue
-        steps = len(pd.date_range(ds.iloc[0], ds.iloc[-1], freq=freq)) - 1
+        steps = _steps_between(ds.iloc[0], ds.iloc[-1], freq)
         if steps > 1.5 * (len(ds) - 1):
             return f"; series {uid!r} has {len(ds)} observations over {steps + 1} steps of {freq!r}: is freq right?"
     return ""
