@@ -19,9 +19,9 @@ from ..core import (ConfigError, DataValidationError, ModelError, atomic_save_np
 from ..data import validate_future_frame
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
-from .panel import (BASES, base_data, crossfit_masks, cv_cutoffs, SeriesData, Windows, check_flag, check_panel, column_list,
-                               concat_windows, default_input_size, design, EXOG_LISTS, exog_stats, scaled_mae, scaled_residuals, panel_freq,
-                               part_windows, prepare_series, season_length_for, series_windows, spacing_hint, tail_length)
+from .panel import (BASES, EXOG_LISTS, SeriesData, Windows, base_data, check_flag, check_panel, column_list, concat_windows,
+                               crossfit_masks, cv_cutoffs, default_input_size, design, exog_stats, grid_length, panel_freq, part_windows,
+                               prepare_series, scaled_mae, scaled_residuals, season_length_for, series_windows, spacing_hint, tail_length)
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
@@ -128,7 +128,7 @@ def _panel(self: SplineLSTM, df: pd.DataFrame, L: int | None = None) -> tuple[st
     freq = panel_freq(df, self.freq)
     m = self.season_length or season_length_for(freq)
     groups = list(df.groupby("unique_id", sort=False))
-    lens = {uid: len(regular_grid(g["ds"], freq)) for uid, g in groups}
+    lens = {uid: grid_length(g["ds"], freq, uid) for uid, g in groups}
     L = L or self.input_size or default_input_size(self.h, m, min(lens.values()))
     short = [u for u, T in lens.items() if T < L + self.h]
     if short:
@@ -266,7 +266,7 @@ def _new_series(self: SplineLSTM, df: pd.DataFrame) -> list[SeriesData]:
     check_panel(df, self.hist_exog_list, self.futr_exog_list, self.stat_exog_list)
     groups, L = list(df.groupby("unique_id", sort=False)), self.fitted_["input_size"]
     for uid, g in groups:
-        if (T := len(regular_grid(g["ds"], self.fitted_["freq"]))) < L:
+        if (T := grid_length(g["ds"], self.fitted_["freq"], uid)) < L:
             raise DataValidationError(f"series {uid!r} has {T} grid steps; forecasting needs at least input_size = {L}")
     return self._series(groups, self.fitted_["freq"])
 

@@ -19,11 +19,12 @@ from ..freq import infer_freq, parse_freq, to_pandas_freq
 from .spline import SplinePreprocessor, SplineResult, regular_grid
 
 # %% auto #0
-__all__ = ['BASES', 'SCALE_FLOOR_REL', 'SCALE_FLOOR_ABS', 'EXOG_LISTS', 'VAL_FRACTION', 'season_length_for', 'check_panel',
-           'panel_freq', 'column_list', 'check_flag', 'spacing_hint', 'SeriesData', 'prepare_series', 'Windows',
-           'window_ends', 'series_windows', 'concat_windows', 'select_windows', 'window_scale', 'base_forecast',
-           'scale_windows', 'tail_length', 'default_input_size', 'part_windows', 'exog_stats', 'design', 'base_data',
-           'scaled_residuals', 'scaled_mae', 'crossfit_masks', 'cv_cutoffs']
+__all__ = ['BASES', 'SCALE_FLOOR_REL', 'SCALE_FLOOR_ABS', 'MAX_STEPS_PER_OBSERVATION', 'EXOG_LISTS', 'VAL_FRACTION',
+           'season_length_for', 'check_panel', 'grid_length', 'panel_freq', 'column_list', 'check_flag', 'spacing_hint',
+           'SeriesData', 'prepare_series', 'Windows', 'window_ends', 'series_windows', 'concat_windows',
+           'select_windows', 'window_scale', 'base_forecast', 'scale_windows', 'tail_length', 'default_input_size',
+           'part_windows', 'exog_stats', 'design', 'base_data', 'scaled_residuals', 'scaled_mae', 'crossfit_masks',
+           'cv_cutoffs']
 
 # %% ../../nbs/lab/13a_panel.ipynb #823fd973
 BASES = ("last", "seasonal", "seasonal_level")   # what the network's scaled offsets are added to
@@ -74,9 +75,28 @@ def check_panel(df: pd.DataFrame, hist_exog: Sequence[str] = (), futr_exog: Sequ
     return df
 
 # %% ../../nbs/lab/13a_panel.ipynb #f54f58f0
+MAX_STEPS_PER_OBSERVATION = 100   # a grid this much longer than a series' timestamps means a wrong freq, not gaps
+
+def _steps_between(first: pd.Timestamp, last: pd.Timestamp, freq: str) -> int:
+    "Grid steps of `freq` from `first` to `last`: by arithmetic for fixed steps (no grid built), else by counting the grid."
+    off = pd.tseries.frequencies.to_offset(freq)
+    if isinstance(off, pd.offsets.Tick): return int((last - first) // pd.Timedelta(off))
+    return len(pd.date_range(first, last, freq=off)) - 1
+
+def grid_length(ds: pd.Series, freq: str, uid: Any = None) -> int:
+    "Steps of the `freq` grid over `ds` (sorted), counted without building it; DataValidationError if over 100 per timestamp."
+    n = _steps_between(ds.iloc[0], ds.iloc[-1], freq) + 1
+    if n > MAX_STEPS_PER_OBSERVATION * len(ds):
+        raise DataValidationError(f"series {uid!r}: its {len(ds)} timestamps span {n} steps of {freq!r}, over "
+                                  f"{MAX_STEPS_PER_OBSERVATION} per timestamp; is freq right? (freq=None infers it)")
+    return n
+
 def panel_freq(df: pd.DataFrame, freq: str | None = None) -> str:
-    "The frequency of every series of `df` (`freq` when given, checked for spelling); DataValidationError on disagreement."
-    if freq is not None: return to_pandas_freq(freq)
+    "The frequency of every series of `df` (`freq` when given, checked for spelling and density); DataValidationError on disagreement."
+    if freq is not None:
+        freq = to_pandas_freq(freq)
+        for uid, ds in df.groupby("unique_id", sort=False)["ds"]: grid_length(ds, freq, uid)
+        return freq
     found: dict[str, Any] = {}
     for uid, ds in df.groupby("unique_id", sort=False)["ds"]:
         if len(ds) < 3: continue
@@ -105,12 +125,6 @@ def check_flag(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
         raise ConfigError(f"{name} must be True or False, got {value!r}")
     return bool(value)
-
-def _steps_between(first: pd.Timestamp, last: pd.Timestamp, freq: str) -> int:
-    "Grid steps of `freq` from `first` to `last`: by arithmetic for fixed steps (no grid built), else by counting the grid."
-    off = pd.tseries.frequencies.to_offset(freq)
-    if isinstance(off, pd.offsets.Tick): return int((last - first) // pd.Timedelta(off))
-    return len(pd.date_range(first, last, freq=off)) - 1
 
 def spacing_hint(groups: Sequence[tuple[Any, pd.DataFrame]], freq: str) -> str:
     "A hint naming the first series whose observations lie over 1.5 `freq` steps apart on average, else ''."
