@@ -5,6 +5,7 @@
 # %% ../../nbs/lab/13f_benchmark.ipynb #6454835e
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -240,17 +241,28 @@ def load_series_result(path: str | Path) -> BenchmarkResult:
     return BenchmarkResult(pd.DataFrame(doc["table"])[doc["table_columns"]].fillna(np.nan), {doc["series"]: cv}, {doc["series"]: doc["fits"]},
                            doc["failures"], doc["settings"])
 
+def _finished_line(name: str, part: BenchmarkResult, cached: bool) -> str:
+    "One line on a finished entry: the lab's MASE against its best statistical peer's and the seconds."
+    lab = part.table.set_index("model").loc[DEFAULT_ALIAS]
+    peers = part.table[part.table["model"].isin(STAT_PEERS)].set_index("model")["MASE"]
+    vs = f" against {peers.idxmin()} {peers.min():.3f}" if peers.notna().any() else ""
+    return f"{name}: lab MASE {lab['MASE']:.3f}{vs}, {'from the cache' if cached else f'{lab.seconds:.0f} s'}"
+
 def run_benchmark(specs: Sequence[BenchmarkSeries] = (*BENCHMARK_SERIES, BENCHMARK_PANEL), cache_dir: str | Path | None = None,
-                  **kwargs: Any) -> BenchmarkResult:
-    "`run_series` for each entry, stacked; with `cache_dir`, finished series are kept there and reused under the same settings."
+                  progress: bool = False, **kwargs: Any) -> BenchmarkResult:
+    "`run_series` for each entry, stacked; with `cache_dir`, finished series are kept and reused under the same settings."
+    from tqdm.auto import tqdm
     parts, want = [], _settings(**kwargs)
-    for s in specs:
+    for s in (bar := tqdm(specs, desc="benchmark", unit="entry", disable=not progress)):
+        bar.set_postfix_str(s.name)
         f = Path(cache_dir) / f"{s.name}.json" if cache_dir is not None else None
         part = load_series_result(f) if f is not None and f.is_file() else None
-        if part is None or part.settings != want:
+        cached = part is not None and part.settings == want
+        if not cached:
             part = run_series(s, **kwargs)
             if f is not None: save_series_result(part, f)
         parts.append(part)
+        if progress: bar.write(_finished_line(s.name, part, cached), file=sys.stderr)
     return BenchmarkResult(pd.concat([p.table for p in parts], ignore_index=True), {k: v for p in parts for k, v in p.forecasts.items()},
                            {k: v for p in parts for k, v in p.fits.items()}, [f for p in parts for f in p.failures], parts[0].settings)
 
@@ -343,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = None if a.fresh else Path(a.out) / "series"
     try:
         specs = [benchmark_series(n) for n in a.series]
-        res = run_benchmark(specs, cache_dir=cache, n_windows=a.n_windows, holdout_windows=a.holdout_windows)
+        res = run_benchmark(specs, cache_dir=cache, progress=True, n_windows=a.n_windows, holdout_windows=a.holdout_windows)
     except (ConfigError, DataValidationError) as e:
         print(f"error: {e}", flush=True); return 2
     print(write_benchmark(res, a.out, {s.name: s.frame()[0] for s in specs})["md"]); return 0

@@ -137,6 +137,7 @@ def _series_result(name: str, n_windows: int, holdout_windows: int, cache: Path)
 def main(argv: Sequence[str] | None = None) -> int:
     "Command line: compare the rules on development windows and write rules.md / rules.json."
     import argparse
+    from tqdm.auto import tqdm
     names = [s.name for s in (*BENCHMARK_SERIES, BENCHMARK_PANEL)]
     p = argparse.ArgumentParser(prog="python -m tsfm_wb.lab.rules", description="SplineLSTM's choice rules on development windows.")
     p.add_argument("--series", nargs="+", default=names, help=f"benchmark entries (default: all of {names})")
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-windows", type=int, default=5); p.add_argument("--holdout-windows", type=int, default=5)
     a = p.parse_args(argv)
     out, tables, choices, skipped = Path(a.out), [], [], {}
-    for name in a.series:
+    for name in tqdm(a.series, desc="rules", unit="entry"):                  # a bar on stderr: entries take minutes to an hour
         try: t, c = _series_result(name, a.n_windows, a.holdout_windows, out / "series")
         except ConfigError as e: print(f"error: {e}", flush=True); return 2
         except DataValidationError as e: skipped[name] = str(e); continue
