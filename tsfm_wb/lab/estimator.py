@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from ..core import (ConfigError, DataValidationError, ModelError, atomic_save_npz, atomic_write_json, frame_records,
-                          load_npz, read_json)
+from ..core import ConfigError, DataValidationError, frame_records
 from ..data import validate_future_frame
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
@@ -25,7 +23,7 @@ from .panel import (BASES, EXOG_LISTS, SeriesData, Windows, base_data, check_fla
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
-from .training import crossfit_outputs, network_outputs, save_keras, train_network
+from .training import crossfit_outputs, network_outputs, train_network
 from .stat_base import MIX, SELECT_RULES, STAT_MODELS, check_stat_models, choose, final_forecasts, stat_candidates
 
 # %% auto #0
@@ -355,46 +353,5 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
     out = pd.concat(parts, ignore_index=True).merge(df[["unique_id", "ds", "y"]], on=["unique_id", "ds"], how="left")
     return out[["unique_id", "ds", "cutoff", "y", *[c for c in out.columns if c.startswith(self.alias)]]]
 
-# %% ../../nbs/lab/13e_estimator.ipynb #dbac3a6c
-def _id_array(uid: pd.Series) -> np.ndarray:
-    "unique_id values as a numeric or unicode array (never object, which would need pickle)."
-    a = uid.to_numpy()
-    return a if a.dtype.kind in "iuf" else a.astype(str)
-
-@patch
-def save(self: SplineLSTM, path: str | Path) -> Path:
-    "Write the fitted estimator to folder `path`: estimator.json, member_<i>.keras, state.npz."
-    self._check_fitted()
-    if (path := Path(path)).exists() and not path.is_dir(): raise ConfigError(f"{path} is a file; save into a folder (new or an earlier save)")
-    path.mkdir(parents=True, exist_ok=True)
-    for i, m in enumerate(self.models_): save_keras(m, path / f"member_{i}.keras")
-    f, cols = self.frame_, [*self.covariates, *self.stat_exog_list]
-    stat_fc = self.stat_fc_ if self.stat_fc_ is not None else np.zeros((0, self.h))
-    atomic_save_npz(path / STATE_FILE, scores=self.scores_, stat_fc=stat_fc, unique_id=_id_array(f["unique_id"]),
-                    ds=f["ds"].to_numpy("datetime64[ns]").astype(np.int64), y=f["y"].to_numpy(float),
-                    exog=f[cols].to_numpy(float).reshape(len(f), len(cols)))
-    atomic_write_json(path / ESTIMATOR_FILE, {"type": "SplineLSTM", "format": 1, "params": self.get_params(), "fitted": self.fitted_})
-    return path
-
-@patch(cls_method=True)
-def load(cls: SplineLSTM, path: str | Path) -> SplineLSTM:
-    "A fitted estimator read back from a `save` folder; it forecasts exactly as the saved one."
-    import keras
-    path = Path(path)
-    if not (path / ESTIMATOR_FILE).is_file(): raise ModelError(f"{path} holds no {ESTIMATOR_FILE}: not a saved SplineLSTM (or an unfinished save)")
-    try: doc = read_json(path / ESTIMATOR_FILE)
-    except ValueError as e: raise ModelError(f"{path / ESTIMATOR_FILE} is not valid JSON ({e}); save the estimator again") from None
-    if doc.get("type") != "SplineLSTM": raise ModelError(f"{path / ESTIMATOR_FILE} describes {doc.get('type')!r}, not a SplineLSTM")
-    est = cls(**doc["params"]); est.fitted_ = doc["fitted"]
-    st = load_npz(path / STATE_FILE)
-    est.models_ = [keras.models.load_model(path / f"member_{i}.keras") for i in range(len(est.fitted_["members"]))]
-    cols = [*est.covariates, *est.stat_exog_list]
-    est.scores_ = st["scores"]
-    est.stat_fc_ = st["stat_fc"] if len(st.get("stat_fc", ())) else None
-    est.frame_ = pd.DataFrame({"unique_id": st["unique_id"], "ds": pd.to_datetime(st["ds"]), "y": st["y"],
-                               **{c: st["exog"][:, j] for j, c in enumerate(cols)}})
-    est.series_ = est._series(list(est.frame_.groupby("unique_id", sort=False)), est.fitted_["freq"])
-    return est
-
 # %% ../../nbs/lab/13e_estimator.ipynb #b230204f
-from . import estimator_edge as _estimator_edge, historical as _historical  # noqa: E402,F401  (they patch SplineLSTM)
+from . import estimator_edge as _estimator_edge, historical as _historical, persistence as _persistence  # noqa: E402,F401
