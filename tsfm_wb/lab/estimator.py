@@ -343,7 +343,8 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
         try: cuts[uid] = cv_cutoffs(regular_grid(g["ds"], freq), h, n_windows, step)
         except DataValidationError as e: raise DataValidationError(f"series {uid!r}: {e}") from None
     proto, fitted, parts, self.cv_fits_ = self.clone(h=h, freq=freq), None, [], []
-    for i in range(n_windows):
+    from tqdm.auto import tqdm
+    for i in tqdm(range(n_windows), desc="cross_validation", unit="window", disable=not self.verbose):   # verbose: a bar
         train = pd.concat([g[g["ds"] <= cuts[u][i]] for u, g in groups], ignore_index=True)
         futr = pd.concat([g[g["ds"] > cuts[u][i]] for u, g in groups], ignore_index=True) if self.futr_exog_list else None
         if refit or fitted is None:
