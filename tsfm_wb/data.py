@@ -29,6 +29,10 @@ REQUIRED_COLUMNS = ("unique_id", "ds", "y")
 def _check_columns(df: pd.DataFrame, covariates: Sequence[str], name: str, required: Sequence[str] = REQUIRED_COLUMNS) -> None:
     "Required and covariate columns exist with usable dtypes."
     if not isinstance(df, pd.DataFrame): raise DataValidationError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+    if isinstance(df.columns, pd.MultiIndex):
+        raise DataValidationError(f"{name} has MultiIndex columns; flatten them to single names (unique_id, ds, y, ...)")
+    if (dup := df.columns[df.columns.duplicated()].unique().tolist()):
+        raise DataValidationError(f"{name} has duplicated column name(s) {dup}; keep one column of each name")
     missing = [c for c in (*required, *covariates) if c not in df.columns]
     if missing: raise DataValidationError(f"{name} is missing column(s) {missing}; it has {list(df.columns)} "
                                           f"(it needs {', '.join(required)} and {list(covariates) or 'optional covariates'})")
@@ -103,6 +107,8 @@ def validate_future_frame(df: pd.DataFrame, covariates: Sequence[str], name: str
     "Check a frame of future covariates (`unique_id`, `ds`, `covariates`: no target) and return it; `DataValidationError` otherwise."
     _check_columns(df, covariates, name, required=("unique_id", "ds"))
     _check_unique(df, name)
+    inf = [c for c in covariates if np.isinf(df[c].to_numpy(float, na_value=np.nan)).any()]
+    if inf: raise DataValidationError(f"{name}[{inf[0]!r}] has infinite value(s); future covariates must be finite")
     return df
 
 # %% ../nbs/01_data.ipynb #004d8348

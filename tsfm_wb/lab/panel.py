@@ -63,10 +63,11 @@ def check_panel(df: pd.DataFrame, hist_exog: Sequence[str] = (), futr_exog: Sequ
     if (n_obs == 0).any():
         raise DataValidationError(f"{name}: series {n_obs.index[n_obs == 0][0]!r} has no observed y (all NaN); drop it or fix its target column")
     for c in cols:
-        bad = df[c].isna().to_numpy()
+        vals = df[c].to_numpy(float, na_value=np.nan); bad = ~np.isfinite(vals)
         if bad.any():
-            r = df.iloc[int(np.argmax(bad))]
-            raise DataValidationError(f"{name}: covariate {c!r} is NaN in series {r['unique_id']!r} at {r['ds']}; fill it (covariates may not be missing)")
+            i = int(np.argmax(bad)); r, what = df.iloc[i], "NaN" if np.isnan(vals[i]) else "infinite"
+            raise DataValidationError(f"{name}: covariate {c!r} is {what} in series {r['unique_id']!r} at {r['ds']}; "
+                                      "fill it (covariates must be finite)")
     for c in stat_exog:
         n = df.groupby("unique_id", sort=False)[c].nunique()
         if (n > 1).any():
