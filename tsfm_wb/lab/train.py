@@ -372,6 +372,7 @@ def run_experiment(config: TrainConfig | dict | str | Path, df: pd.DataFrame | N
     data = run_data(cfg, df)
     run_id = make_run_id(f"{cfg.name}-{cfg.model_type}-s{cfg.seed}", cfg)
     base = Path(cfg.artifacts_dir) if cfg.artifacts_dir else Path(tempfile.mkdtemp(prefix=RUNS_PREFIX))
+    if base.exists() and not base.is_dir(): raise ConfigError(f"artifacts_dir {base} is a file; point it at a folder (new or existing)")
     run_dir = _fresh_dir(base / run_id); run_id = run_dir.name
     write_snapshot(run_dir, cfg.seed, cfg)
     t0 = time.perf_counter()
