@@ -47,6 +47,8 @@ class SplineGrid(StrictModel):
     keys: dict[Literal["model_type", "seed", "data_mode"], str] = Field(  # where grid values go (dotted keys)
         default_factory=lambda: {"model_type": "model_type", "seed": "seed", "data_mode": "data_mode"})
     edge: bool = True                                           # run the edge_parity step after training
+    check_train: bool = True                                    # check each train config as run_experiment reads it, before
+    # any run (false for a custom train_eval notebook with its own config schema)
 
     @field_validator("data_modes")
     @classmethod
@@ -160,8 +162,14 @@ def _train_base(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     raw = read_yaml(path)
     return raw, resolve_config_paths(raw, TrainConfig, path.parent)
 
+def _check_train(train: dict[str, Any], what: str) -> None:
+    "A run's train config as `run_experiment` will read it, and its estimator; ConfigError naming the run before any work."
+    from tsfm_wb.lab.train import estimator_for, parse_config
+    try: estimator_for(parse_config(train))
+    except ConfigError as e: raise ConfigError(f"{what}: {e} (a custom train_eval notebook: set spline.check_train: false)") from None
+
 def _spline_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list[RunSpec]:
-    "Run specs of the spline-LSTM grid (data mode x model type x seed)."
+    "Run specs of the spline-LSTM grid (data mode x model type x seed), each train config checked."
     g, specs = cfg.spline, []
     gate = read_yaml(root / cfg.edge_gate) if cfg.edge_gate else None
     gate_path = str(root / cfg.edge_gate) if cfg.edge_gate else None
@@ -173,6 +181,7 @@ def _spline_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list
                 hashed, train = copy.deepcopy(written), copy.deepcopy(resolved)
                 for axis, value in (("model_type", mt), ("seed", seed), ("data_mode", mode)):
                     if axis in g.keys: _set_dotted(hashed, g.keys[axis], value); _set_dotted(train, g.keys[axis], value)
+                if g.check_train and seed == g.seeds[0]: _check_train(train, f"spline runs of data mode {mode!r}, model type {mt!r}")
                 edge = {"gate": gate, **prof.edge} if g.edge else None
                 h = config_hash({"kind": "spline", "train": hashed, "edge": edge})
                 run_id = f"{mt}-{mode}-s{seed}-{h[:8]}"
@@ -219,6 +228,13 @@ def expand_grid(config: MatrixConfig | str | Path, profile: str = "quick", root:
     if profile not in cfg.profiles: raise ConfigError(f"unknown profile {profile!r}; the matrix defines {sorted(cfg.profiles)}")
     root = Path(root or Path.cwd()).resolve()
     nb = lambda name: str(root / (cfg.notebooks_dir or papermill_dir()) / f"{name}.ipynb")
+    needed = [*(["train_eval"] + (["edge_parity"] if cfg.spline.edge else []) if cfg.spline else []),
+              *(["tsfm_eval"] if cfg.tsfm else []), *(["benchmark_eval"] if cfg.benchmark else [])]
+    if (missing := [n for n in needed if not Path(nb(n)).is_file()]):
+        raise ConfigError(f"notebooks_dir {root / (cfg.notebooks_dir or papermill_dir())} has no {missing}.ipynb; "
+                          "point it at the papermill notebooks (or leave it out for the shipped ones)")
+    for key in ("artifacts_dir", "reports_dir"):
+        if (root / getattr(cfg, key)).is_file(): raise ConfigError(f"{key} {root / getattr(cfg, key)} is a file; point it at a folder")
     prof = cfg.profiles[profile]
     return ((_spline_specs(cfg, prof, root, nb) if cfg.spline else []) + _tsfm_specs(cfg, prof, root, nb)
             + (_benchmark_specs(cfg, prof, root, nb) if cfg.benchmark else []))

@@ -253,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("WARNING")
     try:
         cfg = load_matrix_config(a.config)
+        report_nb = Path(cfg.notebooks_dir or papermill_dir()) / "report.ipynb"
+        if not a.no_report and not report_nb.is_file(): raise ConfigError(f"{report_nb} is missing: the report cannot be rendered")
         if not a.report_only:
             res = run_matrix(cfg, a.profile, dask_address=a.dask, max_workers=a.workers, only=a.only)
             print(res.table().to_string(index=False), f"\nmatrix {a.profile}: {res.counts()} in {res.wall_s:.0f} s; manifest {res.manifest}", flush=True)
