@@ -13,7 +13,7 @@ import pandas as pd
 from fastcore.basics import patch
 
 from ..core import ConfigError, DataValidationError
-from .panel import check_panel, concat_windows, design, prepare_series, select_windows, series_windows
+from .panel import check_panel, concat_windows, grid_length, design, prepare_series, select_windows, series_windows
 from .spline import regular_grid
 from .intervals import check_levels, conformal_offsets, interval_bounds, interval_columns
 from .training import network_outputs
@@ -23,13 +23,14 @@ from .estimator import SplineLSTM
 __all__ = []
 
 # %% ../../nbs/lab/13h_historical.ipynb #215f9f2a
-def _origin_windows(est: SplineLSTM, df: pd.DataFrame, start: Any, stride: int) -> tuple[Any, dict[int, tuple[Any, pd.DatetimeIndex]]]:
+def _origin_windows(est: SplineLSTM, df: pd.DataFrame, start: pd.Timestamp, stride: int) -> tuple[Any, dict[int, tuple[Any, pd.DatetimeIndex]]]:
     "Usable windows ending at each origin >= `start` (every `stride` steps) of each series, and each series' id and grid by number."
     f, L, h = est.fitted_, est.fitted_["input_size"], est.h
     parts, grids = [], {}
     for k, (uid, g) in enumerate(df.groupby("unique_id", sort=False)):
+        grid_length(g["ds"], f["freq"], uid)                  # a frame far off the fitted freq: refused before its grid is built
         grid = regular_grid(g["ds"], f["freq"])
-        first = int(grid.searchsorted(pd.Timestamp(start)))
+        first = int(grid.searchsorted(start))
         if first < 1 or first >= len(grid):
             raise DataValidationError(f"series {uid!r}: start {start} leaves no history before it or no step after it "
                                       f"(its grid runs {grid[0]} .. {grid[-1]})")
