@@ -1,5 +1,8 @@
 """Shared pytest setup: headless plotting and quiet TensorFlow, with caches kept out of $HOME."""
+import asyncio
+import logging
 import os
+import time
 from pathlib import Path
 
 _CACHE = Path(__file__).resolve().parent.parent / ".cache"
@@ -36,3 +39,27 @@ def server():
 def fake(server: FakeTollama) -> FakeTollama:
     """The module's fake daemon, reset to default behaviour and zero counters before each test."""
     return server.reset()
+
+
+class _BlockLoopAtFirstConnect(logging.Handler):
+    """Blocks the event loop for `seconds` just after the first TCP connect has started and armed its timer, the
+    way a CPU-bound task or a GC pause does (httpcore logs each connect's start at DEBUG)."""
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.fired = seconds, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.fired and "connect_tcp.started" in record.getMessage():
+            self.fired = True
+            asyncio.get_running_loop().call_soon(time.sleep, self.seconds)
+
+
+@pytest.fixture
+def blocked_loop():
+    """A handler on httpcore's connection logger that blocks the loop 0.5 s at the first connect."""
+    logger, handler = logging.getLogger("httpcore.connection"), _BlockLoopAtFirstConnect(0.5)
+    level = logger.level
+    logger.setLevel(logging.DEBUG); logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler); logger.setLevel(level)
+

@@ -1,8 +1,9 @@
 """TSFMRunner against the fake tollama daemon over real HTTP on 127.0.0.1 (nothing patched).
 
 Faults, breaker, coalescing, cache and stale-if-error, the license guard at request time, batched cycles that
-degrade per market, and the online conformal feed. Time is a fake clock: no test sleeps. The parts on their own
-(settings, breaker, cache keys, license registry, responses) are tested in the notebooks nbs/tsfm/runner/30-37.
+degrade per market, and the online conformal feed. Time is a fake clock: no test sleeps, though one blocks the
+event loop on purpose. The parts on their own (settings, breaker, cache keys, license registry, responses) are
+tested in the notebooks nbs/tsfm/runner/30-37.
 """
 from __future__ import annotations
 
@@ -210,7 +211,11 @@ def test_failed_probe_reopens_for_a_full_cooldown(fake):
     assert (state, opened, calls) == ("open", 2, 3)
 
 
-def test_breaker_is_correct_under_a_concurrent_burst(fake):
+@pytest.mark.parametrize("blocked", [False, True], ids=["free-loop", "blocked-loop"])
+def test_breaker_is_correct_under_a_concurrent_burst(fake, blocked, request):
+    # blocked: the loop stalls past the connect timeout while connects are in flight, as on a loaded machine;
+    # the daemon still answers every request, so none may be reported as an outage
+    stall = request.getfixturevalue("blocked_loop") if blocked else None
     fake.set(error_status=500, latency_s=0.05)
     async def go():
         async with make_runner(fake, **UNBATCHED) as r:
@@ -221,6 +226,7 @@ def test_breaker_is_correct_under_a_concurrent_burst(fake):
     assert {x.meta.fallback_reason for x in burst} == {"adapter_error"}   # all were in flight before it opened
     assert opened == 1                                                     # late failures did not re-open it
     assert after.meta.fallback_reason == "breaker_open" and calls == 20
+    assert stall is None or stall.fired
 
 
 # --- coalescing, cache, stale-if-error ----------------------------------------------------------------------

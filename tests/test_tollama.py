@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from datetime import datetime, timedelta, timezone
 from statistics import NormalDist
 
@@ -253,6 +254,43 @@ def test_down_then_back(fake):
             return before, after, out
     before, after, out = asyncio.run(go())
     assert (before, after, out.attempts) == (False, True, 1)
+
+
+
+def test_connect_timeout_fired_by_a_blocked_loop_is_not_an_outage(fake, blocked_loop, caplog):
+    # the loop sleeps 0.5 s through a 0.1 s connect timer: the connect is tried again, not reported unavailable
+    out = _run(fake, connect_timeout_s=0.1, max_retries=0, deadline_s=5.0)
+    assert blocked_loop.fired and out.attempts == 1 and fake.stats.forecast_requests == 1
+    assert "s late (the event loop was blocked)" in caplog.text
+
+
+def test_health_probe_survives_a_blocked_loop(fake, blocked_loop):
+    async def go():
+        async with TollamaAdapter(base_url=fake.url, health_timeout_s=0.1) as ad: return await ad.health()
+    assert asyncio.run(go()) and blocked_loop.fired
+
+
+def test_daemon_that_accepts_no_connection_is_unavailable():
+    # a listener whose accept queue is full drops new connects: a real connect timeout, whatever the loop does
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0)); listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = [socket.socket() for _ in range(3)]
+        for s in queued: s.setblocking(False); s.connect_ex(("127.0.0.1", port))   # fill the queue
+        try:
+            e = _fail_at(f"http://127.0.0.1:{port}", BackendUnavailableError, connect_timeout_s=0.1, max_retries=1)
+        finally:
+            for s in queued: s.close()
+    assert e.reason is FallbackReason.UNAVAILABLE and e.attempts == 2 and "ConnectTimeout" in str(e)
+
+
+def _fail_at(url: str, exc_type: type, **cfg) -> BackendError:
+    async def go():
+        async with TollamaAdapter(TollamaConfig(base_url=url, deadline_s=5.0, **cfg)) as ad:
+            return await ad.forecast(_series(1), model="chronos2", horizon=2, quantiles=QS, freq="5m")
+    with pytest.raises(exc_type) as ei:
+        asyncio.run(go())
+    return ei.value
 
 
 # ------------------------------------------------------------------ bad answers

@@ -11,7 +11,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +111,20 @@ class TollamaAdapter:
         return delay
 
 # %% ../../nbs/tsfm/22_tollama.ipynb #9e124458
+_STALL_TOLERANCE = 0.1   # a connect timer that fires later than this share of its limit fired on a blocked event loop
+
+def _connect_trace(marks: dict[str, float]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    "An httpcore `trace` hook that records in `marks['connect']` when a new TCP connect starts."
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.started": marks["connect"] = time.monotonic()
+    return trace
+
+def _connect_stall_s(marks: dict[str, float], limit_s: float, now: float | None = None) -> float:
+    "How late (s) a connect timeout of `limit_s` fired, when later than `_STALL_TOLERANCE` of it; else 0."
+    if "connect" not in marks: return 0.0
+    late = (time.monotonic() if now is None else now) - marks["connect"] - limit_s
+    return late if late > _STALL_TOLERANCE * limit_s else 0.0
+
 async def _read_ndjson(resp: httpx.Response) -> Any:
     "The `response` of the `done` line of a tollama NDJSON stream."
     n = 0
@@ -124,12 +138,13 @@ async def _read_ndjson(resp: httpx.Response) -> Any:
     raise BackendProtocolError(f"NDJSON stream ended after {n} lines without a done line")
 
 @patch
-async def _attempt(self: TollamaAdapter, body: dict[str, Any], rid: str, remaining: float, where: str) -> tuple[Any, str | None]:
-    "One POST of `body`; returns (decoded answer, echoed request id) or raises a typed error."
+async def _attempt(self: TollamaAdapter, body: dict[str, Any], rid: str, remaining: float, where: str,
+                   marks: dict[str, float]) -> tuple[Any, str | None]:
+    "One POST of `body`; returns (decoded answer, echoed request id) or raises a typed error; `marks` gets the connect's start."
     cfg = self.config
     timeout = httpx.Timeout(remaining, connect=min(cfg.connect_timeout_s, remaining))
-    headers = {"X-Request-ID": rid}
-    async with self._client.stream("POST", cfg.endpoint, json=body, headers=headers, timeout=timeout) as resp:
+    headers, ext = {"X-Request-ID": rid}, {"trace": _connect_trace(marks)}
+    async with self._client.stream("POST", cfg.endpoint, json=body, headers=headers, timeout=timeout, extensions=ext) as resp:
         if resp.status_code != 200:
             raise error_from_response(resp.status_code, await resp.aread(), resp.headers, where)
         echoed = resp.headers.get("X-Request-ID")
@@ -148,19 +163,27 @@ def _transport_error(e: Exception, where: str) -> TollamaError:
 @patch
 async def _call(self: TollamaAdapter, body: dict[str, Any], rid: str, budget: float, where: str) -> tuple[Any, str | None, int]:
     "Run attempts of `body` until success, a non-retryable error, the retry limit or the deadline."
-    deadline, attempt = time.monotonic() + budget, 0
+    deadline, attempt, stall_retried = time.monotonic() + budget, 0, False
     while True:
         attempt += 1
-        remaining = deadline - time.monotonic()
+        remaining, marks = deadline - time.monotonic(), {}
         try:
             if remaining <= 0:
                 late = BackendTimeoutError(f"tollama call to {where} ran out of its {budget:g} s deadline")
                 late.reached = attempt > 1          # spent before the first attempt: the daemon never saw the call
                 raise late
             if self.config.send_daemon_timeout: body = {**body, "timeout": round(remaining, 3)}
-            async with asyncio.timeout(remaining): raw, echoed = await self._attempt(body, rid, remaining, where)
+            async with asyncio.timeout(remaining): raw, echoed = await self._attempt(body, rid, remaining, where, marks)
             return raw, echoed, attempt
         except TollamaError as e: err = e
+        except httpx.ConnectTimeout as e:
+            stall = _connect_stall_s(marks, min(self.config.connect_timeout_s, remaining))
+            if stall and not stall_retried:
+                _log.warning("connect timeout fired %.3f s late (the event loop was blocked): connecting again", stall,
+                             extra={"request_id": rid})
+                stall_retried, attempt = True, attempt - 1           # the daemon was not given its chance: not a retry
+                continue
+            err = _transport_error(e, where)
         except (httpx.HTTPError, TimeoutError) as e: err = _transport_error(e, where)
         err.request_id, err.attempts = rid, attempt
         if not err.retryable or attempt > self.config.max_retries: raise err
@@ -197,8 +220,12 @@ async def forecast(self: TollamaAdapter, series: Sequence[TollamaSeries], *, mod
 async def _get_json(self: TollamaAdapter, path: str, timeout: float) -> Any:
     "GET `path` and decode JSON, raising typed errors."
     where = f"{self.config.base_url}{path}"
-    try: resp = await self._client.get(path, timeout=timeout)
-    except httpx.HTTPError as e: raise _transport_error(e, where) from None
+    for last in (False, True):       # once more after a connect timeout that a blocked event loop fired late
+        marks: dict[str, float] = {}
+        try: resp = await self._client.get(path, timeout=timeout, extensions={"trace": _connect_trace(marks)}); break
+        except httpx.ConnectTimeout as e:
+            if last or not _connect_stall_s(marks, timeout): raise _transport_error(e, where) from None
+        except httpx.HTTPError as e: raise _transport_error(e, where) from None
     if resp.status_code != 200: raise error_from_response(resp.status_code, resp.content, resp.headers, where)
     try: return resp.json()
     except ValueError: raise BackendProtocolError(f"answer of {where} is not JSON") from None
