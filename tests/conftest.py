@@ -37,8 +37,10 @@ def server():
 
 @pytest.fixture
 def fake(server: FakeTollama) -> FakeTollama:
-    """The module's fake daemon, reset to default behaviour and zero counters before each test."""
-    return server.reset()
+    """The module's fake daemon, reset to default behaviour and zero counters before each test, and settled after it
+    (so that a request the test gave up on is not counted in the next one); if it does not settle, it is restarted."""
+    yield server.reset()
+    if not server.settle(): server.stop()          # the next reset starts it again, on the same port
 
 
 class _BlockLoopAtFirstConnect(logging.Handler):

@@ -223,7 +223,7 @@ def test_breaker_is_correct_under_a_concurrent_burst(fake, blocked, request):
             after = await r.forecast(market(99))
             return burst, after, r.breaker.opened_count, fake.stats.forecast_requests
     burst, after, opened, calls = run(go())
-    assert {x.meta.fallback_reason for x in burst} == {"adapter_error"}   # all were in flight before it opened
+    assert {x.meta.fallback_reason for x in burst} == {"adapter_error"}, [x.meta.warnings for x in burst]  # all were in flight before it opened
     assert opened == 1                                                     # late failures did not re-open it
     assert after.meta.fallback_reason == "breaker_open" and calls == 20
     assert stall is None or stall.fired
@@ -353,6 +353,7 @@ def test_unbatched_cycle_is_the_concurrent_single_series_loop(fake):
     async def go():
         async with make_runner(fake, **UNBATCHED) as r: return await r.run_cycle(reqs, batched=False)
     out = run(go())
+    assert [o.meta.fallback_reason for o in out] == [None] * 6, [o.meta.warnings for o in out]
     assert fake.stats.series_per_request == [1] * 6 and [o.market_id for o in out] == [q.market_id for q in reqs]
 
 

@@ -32,8 +32,9 @@ def server():
 
 @pytest.fixture
 def fake(server: FakeTollama) -> FakeTollama:
-    """The shared fake, reset to default behaviour and zero counters before each test."""
-    return server.reset(spread=SPREAD)
+    """The shared fake, reset to default behaviour and zero counters before each test, settled after it (see conftest)."""
+    yield server.reset(spread=SPREAD)
+    if not server.settle(): server.stop()
 
 
 def _series(n: int = 3, irregular: bool = True) -> list[TollamaSeries]:

@@ -129,15 +129,15 @@ class FakeBackend:
 class _FakeState:
     "Mutable state shared by the routes: options, stats, backend, the serving lock and the stop flag."
     def __init__(self, options: FakeOptions, backend: ForecastBackend | None = None):
-        self.options, self.stats, self.stopping = options, FakeStats(), False
+        self.options, self.stats, self.stopping, self.waking = options, FakeStats(), False, False
         self.backend = backend or FakeBackend(self)
         self.lock: asyncio.Lock | None = None   # created in the server's event loop
         self.mutex = threading.Lock()
 
     async def sleep(self, seconds: float) -> None:
-        "Sleep up to `seconds`, waking early when the server stops (so shutdown never waits on a hang)."
+        "Sleep up to `seconds`, waking early when the server stops or settles (so neither waits on a hang)."
         end = time.monotonic() + seconds
-        while not self.stopping and (left := end - time.monotonic()) > 0: await asyncio.sleep(min(left, 0.02))
+        while not (self.stopping or self.waking) and (left := end - time.monotonic()) > 0: await asyncio.sleep(min(left, 0.02))
 
     def take_failure(self) -> int | None:
         "Status to fail this forecast with (error_status, or fail_status while fail_next_n lasts)."
@@ -357,6 +357,17 @@ def stop(self: FakeTollama) -> None:
     alive = self._thread.is_alive()
     self._server = self._thread = None
     if alive: raise BackendError(f"tollama protocol server on port {self._port} did not stop within {_STOP_TIMEOUT_S} s")
+
+@patch
+def settle(self: FakeTollama, timeout_s: float = 2.0) -> bool:
+    "Wake requests still sleeping and wait until no connection is open and none is being handled; False if still busy after `timeout_s`."
+    if self._server is None: return True
+    busy = lambda: bool(self._server.server_state.connections or self._server.server_state.tasks)
+    self._state.waking, end = True, time.monotonic() + timeout_s
+    try:
+        while busy() and time.monotonic() < end: time.sleep(0.002)
+        return not busy()
+    finally: self._state.waking = False
 
 @contextmanager
 def serve_fake_tollama(port: int = 0, **options: Any) -> Iterator[FakeTollama]:
