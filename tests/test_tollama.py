@@ -262,7 +262,7 @@ def test_connect_timeout_fired_by_a_blocked_loop_is_not_an_outage(fake, blocked_
     # the loop sleeps 0.5 s through a 0.1 s connect timer: the connect is tried again, not reported unavailable
     out = _run(fake, connect_timeout_s=0.1, max_retries=0, deadline_s=5.0)
     assert blocked_loop.fired and out.attempts == 1 and fake.stats.forecast_requests == 1
-    assert "s late (the event loop was blocked)" in caplog.text
+    assert "connect timed out while the event loop was blocked" in caplog.text
 
 
 def test_health_probe_survives_a_blocked_loop(fake, blocked_loop):

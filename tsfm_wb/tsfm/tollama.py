@@ -11,6 +11,7 @@ import os
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -80,6 +81,34 @@ def load_tollama_config(path: str | Path | None = None, section: str = "tollama"
     if path is None: return TollamaConfig()
     return _tollama_config(read_yaml(path).get(section) or {}, f"{path} [{section}]")
 
+# %% ../../nbs/tsfm/22_tollama.ipynb #b1d0c0a1
+class _LoopWatch:
+    "A heartbeat on the event loop while calls are in flight: remembers each gap in which the loop was blocked."
+    def __init__(self, interval_s: float = 0.01, keep_s: float = 30.0):
+        self.interval_s, self.keep_s, self.gaps = interval_s, keep_s, deque()
+        self._users, self._handle, self._last = 0, None, 0.0
+
+    def __enter__(self) -> _LoopWatch:
+        self._users += 1
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._last, self._handle = loop.time(), loop.call_later(self.interval_s, self._tick, loop)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._users -= 1
+        if self._users == 0 and self._handle is not None: self._handle.cancel(); self._handle = None
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        if now - self._last > 2 * self.interval_s: self.gaps.append((self._last, now))   # a beat came late: blocked
+        while self.gaps and self.gaps[0][1] < now - self.keep_s: self.gaps.popleft()
+        self._last, self._handle = now, loop.call_later(self.interval_s, self._tick, loop)
+
+    def blocked_at(self, t: float) -> float:
+        "Length (s) of the gap in which the loop was blocked at loop time `t`; 0 when it was running."
+        return next((b - a for a, b in self.gaps if a < t <= b), 0.0)
+
 # %% ../../nbs/tsfm/22_tollama.ipynb #e901da25
 _log = get_logger("tollama")
 _RETRYABLE_TRANSPORT = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout)
@@ -95,7 +124,7 @@ class TollamaAdapter:
         limits = httpx.Limits(max_connections=self.config.max_connections, keepalive_expiry=self.config.keepalive_expiry_s,
                               max_keepalive_connections=self.config.max_keepalive_connections)
         self._client = httpx.AsyncClient(base_url=self.config.base_url, limits=limits, headers=headers, trust_env=False)
-        self._rng = rng or random.Random()
+        self._rng, self._watch = rng or random.Random(), _LoopWatch()
 
     async def __aenter__(self) -> TollamaAdapter: return self
     async def __aexit__(self, *exc: Any) -> None: await self.aclose()
@@ -111,19 +140,15 @@ class TollamaAdapter:
         return delay
 
 # %% ../../nbs/tsfm/22_tollama.ipynb #9e124458
-_STALL_TOLERANCE = 0.1   # a connect timer that fires later than this share of its limit fired on a blocked event loop
-
 def _connect_trace(marks: dict[str, float]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
-    "An httpcore `trace` hook that records in `marks['connect']` when a new TCP connect starts."
+    "An httpcore `trace` hook that records in `marks['connect']` the loop time at which a new TCP connect starts."
     async def trace(event: str, info: dict[str, Any]) -> None:
-        if event == "connection.connect_tcp.started": marks["connect"] = time.monotonic()
+        if event == "connection.connect_tcp.started": marks["connect"] = asyncio.get_running_loop().time()
     return trace
 
-def _connect_stall_s(marks: dict[str, float], limit_s: float, now: float | None = None) -> float:
-    "How late (s) a connect timeout of `limit_s` fired, when later than `_STALL_TOLERANCE` of it; else 0."
-    if "connect" not in marks: return 0.0
-    late = (time.monotonic() if now is None else now) - marks["connect"] - limit_s
-    return late if late > _STALL_TOLERANCE * limit_s else 0.0
+def _stalled_connect(watch: _LoopWatch, marks: dict[str, float], limit_s: float) -> float:
+    "How long the loop was blocked at the moment a connect that started at `marks['connect']` ran out of `limit_s`."
+    return watch.blocked_at(marks["connect"] + limit_s) if "connect" in marks else 0.0
 
 async def _read_ndjson(resp: httpx.Response) -> Any:
     "The `response` of the `done` line of a tollama NDJSON stream."
@@ -163,6 +188,11 @@ def _transport_error(e: Exception, where: str) -> TollamaError:
 @patch
 async def _call(self: TollamaAdapter, body: dict[str, Any], rid: str, budget: float, where: str) -> tuple[Any, str | None, int]:
     "Run attempts of `body` until success, a non-retryable error, the retry limit or the deadline."
+    with self._watch: return await self._attempts(body, rid, budget, where)
+
+@patch
+async def _attempts(self: TollamaAdapter, body: dict[str, Any], rid: str, budget: float, where: str) -> tuple[Any, str | None, int]:
+    "The attempts of `_call`, under the loop watch."
     deadline, attempt, stall_retried = time.monotonic() + budget, 0, False
     while True:
         attempt += 1
@@ -177,9 +207,9 @@ async def _call(self: TollamaAdapter, body: dict[str, Any], rid: str, budget: fl
             return raw, echoed, attempt
         except TollamaError as e: err = e
         except httpx.ConnectTimeout as e:
-            stall = _connect_stall_s(marks, min(self.config.connect_timeout_s, remaining))
+            stall = _stalled_connect(self._watch, marks, min(self.config.connect_timeout_s, remaining))
             if stall and not stall_retried:
-                _log.warning("connect timeout fired %.3f s late (the event loop was blocked): connecting again", stall,
+                _log.warning("connect timed out while the event loop was blocked for %.3f s: connecting again", stall,
                              extra={"request_id": rid})
                 stall_retried, attempt = True, attempt - 1           # the daemon was not given its chance: not a retry
                 continue
@@ -220,12 +250,13 @@ async def forecast(self: TollamaAdapter, series: Sequence[TollamaSeries], *, mod
 async def _get_json(self: TollamaAdapter, path: str, timeout: float) -> Any:
     "GET `path` and decode JSON, raising typed errors."
     where = f"{self.config.base_url}{path}"
-    for last in (False, True):       # once more after a connect timeout that a blocked event loop fired late
-        marks: dict[str, float] = {}
-        try: resp = await self._client.get(path, timeout=timeout, extensions={"trace": _connect_trace(marks)}); break
-        except httpx.ConnectTimeout as e:
-            if last or not _connect_stall_s(marks, timeout): raise _transport_error(e, where) from None
-        except httpx.HTTPError as e: raise _transport_error(e, where) from None
+    with self._watch:
+        for last in (False, True):       # once more after a connect timeout that ran out while the loop was blocked
+            marks: dict[str, float] = {}
+            try: resp = await self._client.get(path, timeout=timeout, extensions={"trace": _connect_trace(marks)}); break
+            except httpx.ConnectTimeout as e:
+                if last or not _stalled_connect(self._watch, marks, timeout): raise _transport_error(e, where) from None
+            except httpx.HTTPError as e: raise _transport_error(e, where) from None
     if resp.status_code != 200: raise error_from_response(resp.status_code, resp.content, resp.headers, where)
     try: return resp.json()
     except ValueError: raise BackendProtocolError(f"answer of {where} is not JSON") from None
