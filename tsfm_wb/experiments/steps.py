@@ -11,16 +11,16 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from ..core import ConfigError, StrictModel, _format_validation_error, atomic_write_json, read_json
-from .grid import METRICS_FILE, _deep_merge
+from .grid import METRICS_FILE, SIMULATOR, SimulatorConfig, TsfmEvalConfig, _deep_merge, parse_tsfm_config
 
 # %% auto #0
-__all__ = ['STAGING_DIR', 'EVAL_AS_OF', 'SIMULATOR', 'train_eval_step', 'edge_parity_step', 'SimulatorConfig', 'LabServedConfig',
-           'TsfmEvalConfig', 'lab_training_frame', 'tsfm_eval_step', 'BenchmarkRunConfig', 'benchmark_step']
+__all__ = ['STAGING_DIR', 'EVAL_AS_OF', 'train_eval_step', 'edge_parity_step', 'lab_training_frame', 'tsfm_eval_step',
+           'BenchmarkRunConfig', 'benchmark_step']
 
 # %% ../../nbs/experiments/51a_steps.ipynb #9e91e2f2
 STAGING_DIR = "_train"
@@ -51,51 +51,6 @@ def edge_parity_step(run_dir: str | Path, gate_config: str | None = None, option
 # %% ../../nbs/experiments/51a_steps.ipynb #fa984cf0
 EVAL_AS_OF = "2026-01-01T00:00:00Z"        # as_of_ts of the evaluation's requests (the runner needs one; contexts carry no time)
 
-SIMULATOR = "simulator"                    # the `dataset` value of simulated markets
-
-class SimulatorConfig(StrictModel):
-    "The simulated markets of a TSFM evaluation (tsfm_wb.simulate.simulate_markets): how many, how long, which seed."
-    n_markets: int = Field(24, ge=2)                           # the event holdout needs 2 markets
-    n_points: int = Field(100, ge=2)                           # 5-minute points per market
-    seed: int = 2026
-
-class LabServedConfig(StrictModel):
-    "The lab estimator a TSFM run trains on its own data (logit space) and serves under the run's `model` name."
-    estimator: dict[str, Any] = {"cell": "gru", "base": "last", "units": 8, "max_epochs": 30, "patience": 5, "seed": 0}
-    levels: list[float] = [80.0, 90.0]                          # its served quantiles come from these interval levels
-
-class TsfmEvalConfig(StrictModel):
-    "One TSFM evaluation run: backend, model, data, rolling-origin settings, runner and calibrator overrides."
-    backend: Literal["fake", "tollama", "baseline", "model_server"] = "fake"  # fake: embedded fake daemon; tollama: a running
-    # daemon; baseline: no runner; model_server: the embedded model server (tsfm_wb.tsfm.model_server) in its own process,
-    # one multi-series request per origin (tsfm_wb.tsfm.evaluation.TollamaForecaster)
-    base_url: str | None = None                                # daemon address for 'tollama' (default: configs/tsfm_runtime.yaml)
-    model: str = "mock"                                        # tollama model name
-    dataset: str = "polymarket"                                # a tsfm_wb.data dataset of probabilities, or 'simulator'
-    simulator: SimulatorConfig | None = None                   # the simulated markets of dataset 'simulator' (None: defaults)
-    horizon: int = Field(6, ge=1)
-    min_context: int = Field(16, ge=1)                         # first origin: this many points of history
-    stride: int = Field(1, ge=1)                               # steps between origins
-    runner_config: str | None = None                           # a runner YAML (None: the built-in RunnerConfig)
-    runner: dict[str, Any] = {"env": "research"}               # RunnerConfig overrides (deep-merged)
-    fake: dict[str, Any] = {}                                  # FakeOptions of the fake daemon
-    seeds: list[int] = [0]                                     # event-holdout seeds (pooled)
-    calibrator: dict[str, Any] = {}                            # ConformalCalibrator overrides, e.g. min_samples
-    test_fraction: float = Field(0.2, gt=0, lt=1)              # last share of each series' time scored by the time split
-    lab: LabServedConfig | None = None                         # model_server only: train the lab estimator and serve it as `model`
-
-    @model_validator(mode="after")
-    def _data_fits(self) -> TsfmEvalConfig:
-        "A `simulator` block only with dataset 'simulator', and simulated markets long enough for one forecast."
-        if self.simulator is not None and self.dataset != SIMULATOR:
-            raise ValueError(f"key 'simulator' is only read with dataset: {SIMULATOR}, got dataset {self.dataset!r}")
-        sim = self.simulator or SimulatorConfig()
-        if self.dataset == SIMULATOR and sim.n_points <= self.min_context + self.horizon:
-            raise ValueError(f"key 'simulator.n_points' ({sim.n_points}) must exceed min_context + horizon = {self.min_context + self.horizon}")
-        if self.lab is not None and self.backend != "model_server":
-            raise ValueError(f"key 'lab' needs backend: model_server (the model server hosts the trained estimator), got {self.backend!r}")
-        return self
-
 def _eval_data(cfg: TsfmEvalConfig) -> tuple[Any, str]:
     "(tidy frame, frequency) of the evaluation's data: simulated markets or a registered dataset without its gaps."
     from tsfm_wb.data import DATASETS, load_dataset
@@ -103,8 +58,6 @@ def _eval_data(cfg: TsfmEvalConfig) -> tuple[Any, str]:
     if cfg.dataset == SIMULATOR:
         sim = cfg.simulator or SimulatorConfig()
         return simulate_markets(sim.n_markets, sim.n_points, sim.seed), SIM_FREQ
-    if cfg.dataset not in DATASETS:
-        raise ConfigError(f"tsfm config key 'dataset': unknown dataset {cfg.dataset!r}; choose from {sorted([*DATASETS, SIMULATOR])}")
     return load_dataset(cfg.dataset, gaps="drop"), DATASETS[cfg.dataset].freq
 
 # %% ../../nbs/experiments/51a_steps.ipynb #e9207d97
@@ -215,8 +168,7 @@ def tsfm_eval_step(run_dir: str | Path, config: TsfmEvalConfig | dict[str, Any])
     import matplotlib.pyplot as plt
     from tsfm_wb.core import atomic_write_text
     from tsfm_wb.tsfm.evaluation import evaluate_conformal, plot_coverage_by_horizon, plot_fan
-    try: cfg = TsfmEvalConfig.model_validate(config)
-    except ValidationError as e: raise ConfigError(_format_validation_error(Path("tsfm config"), e)) from None
+    cfg = parse_tsfm_config(config)
     run_dir, t0 = Path(run_dir), time.perf_counter()
     df, freq = _eval_data(cfg)
     lab = _train_lab(cfg, df, run_dir) if cfg.lab else None
