@@ -11,17 +11,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..core import (ConfigError, ConfigPath, StrictModel, _format_validation_error, config_hash, load_config, read_yaml,
-                         resolve_config_paths)
+                         resolve_config_paths, validate_config)
 
 # %% auto #0
 __all__ = ['MATRIX_CONFIG', 'PROFILES', 'EXECUTORS', 'MODEL_TYPES', 'SEEDS', 'DEFAULT_WORKERS', 'KERNEL_NAME', 'START_TIMEOUT_S',
            'CELL_TIMEOUT_S', 'SPEC_FILE', 'ERROR_FILE', 'KERNEL_LOG', 'METRICS_FILE', 'PARITY_OUTPUT', 'SIMULATOR',
            'SplineGrid', 'TsfmRun', 'Profile', 'BenchmarkGrid', 'ReportSettings', 'MatrixConfig', 'load_matrix_config',
-           'papermill_dir', 'SimulatorConfig', 'LabServedConfig', 'TsfmEvalConfig', 'parse_tsfm_config', 'NotebookStep',
-           'RunSpec', 'expand_grid']
+           'papermill_dir', 'NotebookStep', 'RunSpec', 'SimulatorConfig', 'LabServedConfig', 'TsfmEvalConfig',
+           'parse_tsfm_config', 'expand_grid']
 
 # %% ../../nbs/experiments/50a_grid.ipynb #dac92926
 MATRIX_CONFIG = "configs/matrix.yaml"       # the command line's default --config (the repository's matrix)
@@ -103,6 +103,7 @@ class MatrixConfig(StrictModel):
     benchmark: BenchmarkGrid | None = None
     profiles: dict[str, Profile] = Field(default_factory=lambda: {p: Profile() for p in PROFILES})
     report: ReportSettings = ReportSettings()
+    _config_dir: str | None = PrivateAttr(None)                 # folder of the file it was loaded from (None: in memory)
 
     @model_validator(mode="after")
     def _check(self) -> MatrixConfig:
@@ -120,7 +121,9 @@ class MatrixConfig(StrictModel):
 
 def load_matrix_config(path: str | Path) -> MatrixConfig:
     "Load and validate a matrix config (YAML; paths inside relative to it); ConfigError names the file and the key."
-    return load_config(path, MatrixConfig)
+    cfg = load_config(path, MatrixConfig)
+    cfg._config_dir = str(Path(path).resolve().parent)       # the TSFM runs' paths are resolved against it (expand_grid)
+    return cfg
 
 def papermill_dir() -> Path:
     "The matrix's papermill notebooks: shipped inside the package (regular install) or `nbs/papermill` beside it (a clone)."
@@ -128,69 +131,6 @@ def papermill_dir() -> Path:
     for folder in (pkg / "bundled" / "papermill", pkg.parent / "nbs" / "papermill"):
         if (folder / "train_eval.ipynb").is_file(): return folder
     raise ConfigError(f"no papermill notebooks under {pkg / 'bundled'} or {pkg.parent / 'nbs'}; set notebooks_dir in the matrix config")
-
-# %% ../../nbs/experiments/50a_grid.ipynb #7c5f0a02
-SIMULATOR = "simulator"                    # the `dataset` value of simulated markets
-
-class SimulatorConfig(StrictModel):
-    "The simulated markets of a TSFM evaluation (tsfm_wb.simulate.simulate_markets): how many, how long, which seed."
-    n_markets: int = Field(24, ge=2)                           # the event holdout needs 2 markets
-    n_points: int = Field(100, ge=2)                           # 5-minute points per market
-    seed: int = 2026
-
-class LabServedConfig(StrictModel):
-    "The lab estimator a TSFM run trains on its own data (logit space) and serves under the run's `model` name."
-    estimator: dict[str, Any] = {"cell": "gru", "base": "last", "units": 8, "max_epochs": 30, "patience": 5, "seed": 0}
-    levels: list[float] = [80.0, 90.0]                          # its served quantiles come from these interval levels
-
-class TsfmEvalConfig(StrictModel):
-    "One TSFM evaluation run: backend, model, data, rolling-origin settings, runner and calibrator overrides."
-    backend: Literal["fake", "tollama", "baseline", "model_server"] = "fake"  # fake: embedded fake daemon; tollama: a running
-    # daemon; baseline: no runner; model_server: the embedded model server (tsfm_wb.tsfm.model_server) in its own process,
-    # one multi-series request per origin (tsfm_wb.tsfm.evaluation.TollamaForecaster)
-    base_url: str | None = None                                # daemon address for 'tollama' (default: configs/tsfm_runtime.yaml)
-    model: str = "mock"                                        # tollama model name
-    dataset: str = "polymarket"                                # a tsfm_wb.data dataset of probabilities, or 'simulator'
-    simulator: SimulatorConfig | None = None                   # the simulated markets of dataset 'simulator' (None: defaults)
-    horizon: int = Field(6, ge=1)
-    min_context: int = Field(16, ge=1)                         # first origin: this many points of history
-    stride: int = Field(1, ge=1)                               # steps between origins
-    runner_config: str | None = None                           # a runner YAML (None: the built-in RunnerConfig)
-    runner: dict[str, Any] = {"env": "research"}               # RunnerConfig overrides (deep-merged)
-    fake: dict[str, Any] = {}                                  # FakeOptions of the fake daemon
-    seeds: list[int] = [0]                                     # event-holdout seeds (pooled)
-    calibrator: dict[str, Any] = {}                            # ConformalCalibrator overrides, e.g. min_samples
-    test_fraction: float = Field(0.2, gt=0, lt=1)              # last share of each series' time scored by the time split
-    lab: LabServedConfig | None = None                         # model_server only: train the lab estimator and serve it as `model`
-
-    @field_validator("dataset")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from tsfm_wb.data import DATASETS
-        if v != SIMULATOR and v not in DATASETS: raise ValueError(f"unknown dataset {v!r}; choose from {sorted([*DATASETS, SIMULATOR])}")
-        return v
-
-    @model_validator(mode="after")
-    def _data_fits(self) -> TsfmEvalConfig:
-        "A `simulator` block only with dataset 'simulator', and simulated markets long enough for one forecast."
-        if self.simulator is not None and self.dataset != SIMULATOR:
-            raise ValueError(f"key 'simulator' is only read with dataset: {SIMULATOR}, got dataset {self.dataset!r}")
-        sim = self.simulator or SimulatorConfig()
-        if self.dataset == SIMULATOR and sim.n_points <= self.min_context + self.horizon:
-            raise ValueError(f"key 'simulator.n_points' ({sim.n_points}) must exceed min_context + horizon = {self.min_context + self.horizon}")
-        if self.lab is not None and self.backend != "model_server":
-            raise ValueError(f"key 'lab' needs backend: model_server (the model server hosts the trained estimator), got {self.backend!r}")
-        return self
-
-def parse_tsfm_config(config: TsfmEvalConfig | dict[str, Any], what: str = "tsfm config") -> TsfmEvalConfig:
-    "Validate a TSFM run's config, its `lab` estimator's arguments included; ConfigError lines naming `what` and the key."
-    try: cfg = TsfmEvalConfig.model_validate(config)
-    except ValidationError as e: raise ConfigError(_format_validation_error(Path(what), e)) from None
-    if cfg.lab is not None:
-        from tsfm_wb.lab.estimator import SplineLSTM
-        try: SplineLSTM(h=cfg.horizon, **{"input_size": cfg.min_context, **cfg.lab.estimator})
-        except (ConfigError, TypeError) as e: raise ConfigError(f"{what}: key 'lab.estimator': {e}") from None
-    return cfg
 
 # %% ../../nbs/experiments/50a_grid.ipynb #ba26295c
 class NotebookStep(StrictModel):
@@ -221,6 +161,88 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     *head, last = key.split(".")
     for k in head: d = d.setdefault(k, {})
     d[last] = value
+
+# %% ../../nbs/experiments/50a_grid.ipynb #7c5f0a02
+SIMULATOR = "simulator"                    # the `dataset` value of simulated markets
+
+class SimulatorConfig(StrictModel):
+    "The simulated markets of a TSFM evaluation (tsfm_wb.simulate.simulate_markets): how many, how long, which seed."
+    n_markets: int = Field(24, ge=2)                           # the event holdout needs 2 markets
+    n_points: int = Field(100, ge=2)                           # 5-minute points per market
+    seed: int = 2026
+
+class LabServedConfig(StrictModel):
+    "The lab estimator a TSFM run trains on its own data (logit space) and serves under the run's `model` name."
+    estimator: dict[str, Any] = {"cell": "gru", "base": "last", "units": 8, "max_epochs": 30, "patience": 5, "seed": 0}
+    levels: list[float] = [80.0, 90.0]                          # its served quantiles come from these interval levels
+
+class TsfmEvalConfig(StrictModel):
+    "One TSFM evaluation run: backend, model, data, rolling-origin settings, runner and calibrator overrides."
+    backend: Literal["fake", "tollama", "baseline", "model_server"] = "fake"  # fake: embedded fake daemon; tollama: a running
+    # daemon; baseline: no runner; model_server: the embedded model server (tsfm_wb.tsfm.model_server) in its own process,
+    # one multi-series request per origin (tsfm_wb.tsfm.evaluation.TollamaForecaster)
+    base_url: str | None = None                                # daemon address for 'tollama' (default: configs/tsfm_runtime.yaml)
+    model: str = "mock"                                        # tollama model name
+    dataset: str = "polymarket"                                # a tsfm_wb.data dataset of probabilities, or 'simulator'
+    simulator: SimulatorConfig | None = None                   # the simulated markets of dataset 'simulator' (None: defaults)
+    horizon: int = Field(6, ge=1)
+    min_context: int = Field(16, ge=1)                         # first origin: this many points of history
+    stride: int = Field(1, ge=1)                               # steps between origins
+    runner_config: ConfigPath | None = None                    # a runner YAML, relative to the config naming it (None: built-in)
+    runner: dict[str, Any] = {"env": "research"}               # RunnerConfig overrides (deep-merged)
+    fake: dict[str, Any] = {}                                  # FakeOptions of the fake daemon
+    seeds: list[int] = [0]                                     # event-holdout seeds (pooled)
+    calibrator: dict[str, Any] = {}                            # ConformalCalibrator overrides, e.g. min_samples
+    test_fraction: float = Field(0.2, gt=0, lt=1)              # last share of each series' time scored by the time split
+    lab: LabServedConfig | None = None                         # model_server only: train the lab estimator and serve it as `model`
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from tsfm_wb.data import DATASETS
+        if v != SIMULATOR and v not in DATASETS: raise ValueError(f"unknown dataset {v!r}; choose from {sorted([*DATASETS, SIMULATOR])}")
+        return v
+
+    @model_validator(mode="after")
+    def _data_fits(self) -> TsfmEvalConfig:
+        "A `simulator` block only with dataset 'simulator', and simulated markets long enough for one forecast."
+        if self.simulator is not None and self.dataset != SIMULATOR:
+            raise ValueError(f"key 'simulator' is only read with dataset: {SIMULATOR}, got dataset {self.dataset!r}")
+        sim = self.simulator or SimulatorConfig()
+        if self.dataset == SIMULATOR and sim.n_points <= self.min_context + self.horizon:
+            raise ValueError(f"key 'simulator.n_points' ({sim.n_points}) must exceed min_context + horizon = {self.min_context + self.horizon}")
+        if self.lab is not None and self.backend != "model_server":
+            raise ValueError(f"key 'lab' needs backend: model_server (the model server hosts the trained estimator), got {self.backend!r}")
+        return self
+
+def _runner_settings(cfg: TsfmEvalConfig) -> Any:
+    "The RunnerConfig of an evaluation: the runner YAML (or the built-in defaults) with the config's overrides."
+    from tsfm_wb.tsfm.runner.settings import RunnerConfig, load_runner_config
+    base = RunnerConfig() if cfg.runner_config is None else load_runner_config(cfg.runner_config)
+    return RunnerConfig.model_validate(_deep_merge(base.model_dump(), cfg.runner))
+
+def _check_parts(cfg: TsfmEvalConfig, what: str) -> None:
+    "The runner settings, fake-daemon options and lab estimator arguments a TSFM run will use; ConfigError naming the key."
+    from tsfm_wb.tsfm.fake_tollama import FakeOptions
+    try: _runner_settings(cfg)
+    except ValidationError as e:
+        raise ConfigError("\n".join(f"{what}: key 'runner.{'.'.join(map(str, x['loc']))}': {x['msg']}" for x in e.errors())) from None
+    try: FakeOptions(**cfg.fake)
+    except TypeError as e: raise ConfigError(f"{what}: key 'fake': {e} (a FakeOptions field)") from None
+    if cfg.lab is not None:
+        from tsfm_wb.lab.estimator import SplineLSTM
+        try: SplineLSTM(h=cfg.horizon, **{"input_size": cfg.min_context, **cfg.lab.estimator})
+        except (ConfigError, TypeError) as e: raise ConfigError(f"{what}: key 'lab.estimator': {e}") from None
+
+def parse_tsfm_config(config: TsfmEvalConfig | dict[str, Any], what: str = "tsfm config",
+                      config_dir: str | Path | None = None) -> TsfmEvalConfig:
+    "A TSFM run's config checked whole (runner, fake daemon, lab estimator); paths relative to `config_dir` (None: as given)."
+    from tsfm_wb.tsfm.runner.settings import RunnerConfig
+    data = config.model_dump() if isinstance(config, TsfmEvalConfig) else config
+    cfg = validate_config(data, TsfmEvalConfig, config_dir, what)
+    if config_dir is not None: cfg = cfg.model_copy(update={"runner": resolve_config_paths(cfg.runner, RunnerConfig, config_dir)})
+    _check_parts(cfg, what)
+    return cfg
 
 # %% ../../nbs/experiments/50a_grid.ipynb #2ecf81bf
 def _train_base(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -263,16 +285,17 @@ def _spline_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list
 
 # %% ../../nbs/experiments/50a_grid.ipynb #858dd4e7
 def _tsfm_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list[RunSpec]:
-    "Run specs of the TSFM evaluation runs."
-    specs = []
+    "Run specs of the TSFM evaluation runs, each config checked, its paths resolved against the matrix file's folder."
+    specs, where = [], cfg._config_dir or root
     for run in cfg.tsfm:
-        conf = _deep_merge(run.config, prof.tsfm)
-        if run.check: parse_tsfm_config(conf, f"tsfm run {run.name!r} (a custom tsfm_eval notebook: set check: false)")
+        conf = _deep_merge(run.config, prof.tsfm)                # as written: what the run id hashes
+        what = f"tsfm run {run.name!r} (a custom tsfm_eval notebook: set check: false)"
+        executed = parse_tsfm_config(conf, what, where).model_dump(mode="json") if run.check else conf
         h = config_hash({"kind": "tsfm", "name": run.name, "config": conf})
         run_id = f"tsfm-{run.name}-{h[:8]}"; run_dir = str(root / cfg.artifacts_dir / run_id)
         specs.append(RunSpec(run_id=run_id, kind="tsfm", labels={"name": run.name}, config_hash=h, run_dir=run_dir,
                              steps=[NotebookStep(name="tsfm_eval", notebook=nb("tsfm_eval"), output=METRICS_FILE,
-                                                 parameters={"run_dir": run_dir, "config": conf})]))
+                                                 parameters={"run_dir": run_dir, "config": executed})]))
     return specs
 
 def _benchmark_specs(cfg: MatrixConfig, prof: Profile, root: Path, nb: Any) -> list[RunSpec]:

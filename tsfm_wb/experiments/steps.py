@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from ..core import ConfigError, StrictModel, _format_validation_error, atomic_write_json, read_json
-from .grid import METRICS_FILE, SIMULATOR, SimulatorConfig, TsfmEvalConfig, _deep_merge, parse_tsfm_config
+from .grid import (METRICS_FILE, SIMULATOR, SimulatorConfig, TsfmEvalConfig, _deep_merge, _runner_settings,
+                                      parse_tsfm_config)
 
 # %% auto #0
 __all__ = ['STAGING_DIR', 'EVAL_AS_OF', 'train_eval_step', 'edge_parity_step', 'lab_training_frame', 'tsfm_eval_step',
@@ -100,12 +101,6 @@ def _served_forecaster(cfg: TsfmEvalConfig, freq: str, counts: dict[str, int], l
         yield Counted(), counts
 
 # %% ../../nbs/experiments/51a_steps.ipynb #cf2e53be
-def _runner_settings(cfg: TsfmEvalConfig) -> Any:
-    "The RunnerConfig of an evaluation: the runner YAML (or the built-in defaults) with the config's overrides."
-    from tsfm_wb.tsfm.runner.settings import RunnerConfig, load_runner_config
-    base = RunnerConfig() if cfg.runner_config is None else load_runner_config(cfg.runner_config)
-    return RunnerConfig.model_validate(_deep_merge(base.model_dump(), cfg.runner))
-
 def _served_settings(cfg: TsfmEvalConfig) -> Any:
     "The width guards the runner serves with (its `postprocess_config`, else the defaults): what 'served' bands get."
     from tsfm_wb.tsfm.postprocess import load_postprocess_settings
