@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from ..core import (ConfigError, ConfigPath, StrictModel, _format_validation_error, config_hash, load_config, read_yaml,
-                         resolve_config_paths, validate_config)
+from ..core import (ConfigError, ConfigPath, StrictModel, config_hash, load_config, read_yaml, resolve_config_paths,
+                         validate_config)
 
 # %% auto #0
 __all__ = ['MATRIX_CONFIG', 'PROFILES', 'EXECUTORS', 'MODEL_TYPES', 'SEEDS', 'DEFAULT_WORKERS', 'KERNEL_NAME', 'START_TIMEOUT_S',
