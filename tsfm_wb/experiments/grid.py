@@ -222,13 +222,18 @@ def _runner_settings(cfg: TsfmEvalConfig) -> Any:
     return RunnerConfig.model_validate(_deep_merge(base.model_dump(), cfg.runner))
 
 def _check_parts(cfg: TsfmEvalConfig, what: str) -> None:
-    "The runner settings, fake-daemon options and lab estimator arguments a TSFM run will use; ConfigError naming the key."
+    "The runner settings, fake-daemon options, calibrator and lab estimator a TSFM run will use; ConfigError naming the key."
+    from tsfm_wb.tsfm.conformal import ConformalCalibrator
+    from tsfm_wb.tsfm.evaluation import CALIBRATOR_DEFAULTS
     from tsfm_wb.tsfm.fake_tollama import FakeOptions
     try: _runner_settings(cfg)
     except ValidationError as e:
         raise ConfigError("\n".join(f"{what}: key 'runner.{'.'.join(map(str, x['loc']))}': {x['msg']}" for x in e.errors())) from None
     try: FakeOptions(**cfg.fake)
     except TypeError as e: raise ConfigError(f"{what}: key 'fake': {e} (a FakeOptions field)") from None
+    if "target" in cfg.calibrator: raise ConfigError(f"{what}: key 'calibrator.target': the evaluation sets it per level; leave it out")
+    try: ConformalCalibrator(**{**CALIBRATOR_DEFAULTS, **cfg.calibrator})
+    except (ConfigError, TypeError) as e: raise ConfigError(f"{what}: key 'calibrator': {e}") from None
     if cfg.lab is not None:
         from tsfm_wb.lab.estimator import SplineLSTM
         try: SplineLSTM(h=cfg.horizon, **{"input_size": cfg.min_context, **cfg.lab.estimator})
@@ -236,7 +241,7 @@ def _check_parts(cfg: TsfmEvalConfig, what: str) -> None:
 
 def parse_tsfm_config(config: TsfmEvalConfig | dict[str, Any], what: str = "tsfm config",
                       config_dir: str | Path | None = None) -> TsfmEvalConfig:
-    "A TSFM run's config checked whole (runner, fake daemon, lab estimator); paths relative to `config_dir` (None: as given)."
+    "A TSFM run's config checked whole (runner, fake daemon, calibrator, lab); paths relative to `config_dir` (None: as given)."
     from tsfm_wb.tsfm.runner.settings import RunnerConfig
     data = config.model_dump() if isinstance(config, TsfmEvalConfig) else config
     cfg = validate_config(data, TsfmEvalConfig, config_dir, what)
