@@ -225,12 +225,12 @@ def _check_parts(cfg: TsfmEvalConfig, what: str) -> None:
     "The runner settings, fake-daemon options, calibrator and lab estimator a TSFM run will use; ConfigError naming the key."
     from tsfm_wb.tsfm.conformal import ConformalCalibrator
     from tsfm_wb.tsfm.evaluation import CALIBRATOR_DEFAULTS
-    from tsfm_wb.tsfm.fake_tollama import FakeOptions
+    from tsfm_wb.tsfm.fake_tollama import fake_options
     try: _runner_settings(cfg)
     except ValidationError as e:
         raise ConfigError("\n".join(f"{what}: key 'runner.{'.'.join(map(str, x['loc']))}': {x['msg']}" for x in e.errors())) from None
-    try: FakeOptions(**cfg.fake)
-    except TypeError as e: raise ConfigError(f"{what}: key 'fake': {e} (a FakeOptions field)") from None
+    try: fake_options(**cfg.fake)
+    except ConfigError as e: raise ConfigError(f"{what}: key 'fake': {e}") from None
     if "target" in cfg.calibrator: raise ConfigError(f"{what}: key 'calibrator.target': the evaluation sets it per level; leave it out")
     try: ConformalCalibrator(**{**CALIBRATOR_DEFAULTS, **cfg.calibrator})
     except (ConfigError, TypeError) as e: raise ConfigError(f"{what}: key 'calibrator': {e}") from None

@@ -14,7 +14,8 @@ import time
 import uuid
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cache
 from statistics import NormalDist
 from typing import Any, Iterator, Literal
 
@@ -22,6 +23,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastcore.basics import patch
+from pydantic import TypeAdapter, ValidationError
 
 from ..core import BackendError, ConfigError
 from .schemas import quantile_key
@@ -30,8 +32,8 @@ from .daemon_protocol import (ApiForecastIn, DaemonError, ForecastBackend, Forec
 
 # %% auto #0
 __all__ = ['FAKE_VERSION', 'DEFAULT_FAKE_MODELS', 'DEFAULT_LICENSE_GATED', 'DEFAULT_MAX_BODY_BYTES', 'DEFAULT_TIMEOUT_S',
-           'FakeOptions', 'FakeStats', 'fake_series_forecast', 'FakeBackend', 'make_fake_app', 'FakeTollama',
-           'serve_fake_tollama']
+           'FakeOptions', 'FakeStats', 'fake_series_forecast', 'FakeBackend', 'make_fake_app', 'fake_options',
+           'FakeTollama', 'serve_fake_tollama']
 
 # %% ../../nbs/tsfm/21a_fake_tollama.ipynb #2bb0bcbd
 FAKE_VERSION = "0.0.0+tsfm-wb-fake"
@@ -272,11 +274,19 @@ def make_fake_app(state: _FakeState) -> FastAPI:
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
 
-def _check_options(options: dict[str, Any]) -> None:
-    "Refuse option names `FakeOptions` does not have."
+@cache
+def _options_adapter() -> TypeAdapter:
+    "pydantic's validator of `FakeOptions` (built once)."
+    return TypeAdapter(FakeOptions)
+
+def fake_options(base: FakeOptions | None = None, **changes: Any) -> FakeOptions:
+    "`base` (None: the defaults) with `changes`, each checked by name and type; a ConfigError names the option."
     known = {f.name for f in fields(FakeOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown: raise ConfigError(f"unknown fake tollama option(s) {unknown}; known: {sorted(known)}")
+    if unknown := sorted(set(changes) - known): raise ConfigError(f"unknown fake tollama option(s) {unknown}; known: {sorted(known)}")
+    try: return _options_adapter().validate_python({**asdict(base or FakeOptions()), **changes})
+    except ValidationError as e:
+        x = e.errors()[0]
+        raise ConfigError(f"fake tollama option {'.'.join(map(str, x['loc']))!r}: {x['msg']} (got {x['input']!r})") from None
 
 class FakeTollama:
     "tollama's protocol served on `host` (127.0.0.1 by default) from a background thread."
@@ -316,8 +326,7 @@ class FakeTollama:
     def set(self, **changes: Any) -> FakeTollama:
         "Change options while serving; `down=True` stops the server (connection refused), `down=False` restarts it."
         down = changes.pop("down", None)
-        _check_options(changes)
-        with self._state.mutex: self._state.options = replace(self._state.options, **changes)
+        with self._state.mutex: self._state.options = fake_options(self._state.options, **changes)
         if down is True: self.stop()
         elif down is False: self.start()
         return self
@@ -371,8 +380,7 @@ def settle(self: FakeTollama, timeout_s: float = 2.0) -> bool:
 
 @contextmanager
 def serve_fake_tollama(port: int = 0, **options: Any) -> Iterator[FakeTollama]:
-    "Serve a fake tollama daemon with `FakeOptions(**options)` for the duration of the `with` block."
-    _check_options(options)
-    fake = FakeTollama(FakeOptions(**options), port=port).start()
+    "Serve a fake tollama daemon with `fake_options(**options)` for the duration of the `with` block."
+    fake = FakeTollama(fake_options(**options), port=port).start()
     try: yield fake
     finally: fake.stop()

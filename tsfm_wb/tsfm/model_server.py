@@ -28,7 +28,7 @@ from fastcore.basics import patch
 import tsfm_wb
 
 from ..core import BackendError, ConfigError, DataValidationError, TsfmWbError, count_arg, port_arg
-from .fake_tollama import FakeOptions, FakeTollama
+from .fake_tollama import FakeOptions, FakeTollama, fake_options
 from .schemas import quantile_key
 from .served_models import LabModel, ModelRegistry, SeriesAnswer, default_registry, model_spec
 from .daemon_protocol import ForecastIn, bad_request, runner_error, start_timestamp
@@ -256,7 +256,7 @@ class ModelServer(FakeTollama):
     def __init__(self, registry: ModelRegistry | None = None, port: int = 0, workers: int = 2, warm: bool = True,
                  host: str = DEFAULT_HOST, **options: Any):
         self.backend = ModelBackend(registry or default_registry(), workers, warm)
-        super().__init__(FakeOptions(**options), port=port, backend=self.backend, host=host)
+        super().__init__(fake_options(**options), port=port, backend=self.backend, host=host)
 
     def start(self) -> ModelServer:
         "Start the workers once (warming in the background), then serve; `set(down=...)` only stops and restarts serving."
