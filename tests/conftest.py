@@ -58,8 +58,9 @@ class _BlockLoopAtFirstConnect(logging.Handler):
 
 @pytest.fixture
 def blocked_loop():
-    """A handler on httpcore's connection logger that blocks the loop 0.5 s at the first connect."""
-    logger, handler = logging.getLogger("httpcore.connection"), _BlockLoopAtFirstConnect(0.5)
+    """A handler on httpcore's connection logger that blocks the loop 0.6 s at the first connect (past the default
+    0.25 s connect timeout, with room for the tests' own shorter limits)."""
+    logger, handler = logging.getLogger("httpcore.connection"), _BlockLoopAtFirstConnect(0.6)
     level = logger.level
     logger.setLevel(logging.DEBUG); logger.addHandler(handler)
     yield handler
