@@ -125,6 +125,7 @@ class TollamaAdapter:
                               max_keepalive_connections=self.config.max_keepalive_connections)
         self._client = httpx.AsyncClient(base_url=self.config.base_url, limits=limits, headers=headers, trust_env=False)
         self._rng, self._watch = rng or random.Random(), _LoopWatch()
+        self.stalled_connects = 0          # connects tried again because the event loop was blocked when they timed out
 
     async def __aenter__(self) -> TollamaAdapter: return self
     async def __aexit__(self, *exc: Any) -> None: await self.aclose()
@@ -212,6 +213,7 @@ async def _attempts(self: TollamaAdapter, body: dict[str, Any], rid: str, budget
                 _log.warning("connect timed out while the event loop was blocked for %.3f s: connecting again", stall,
                              extra={"request_id": rid})
                 stall_retried, attempt = True, attempt - 1           # the daemon was not given its chance: not a retry
+                self.stalled_connects += 1
                 continue
             err = _transport_error(e, where)
         except (httpx.HTTPError, TimeoutError) as e: err = _transport_error(e, where)
@@ -256,6 +258,7 @@ async def _get_json(self: TollamaAdapter, path: str, timeout: float) -> Any:
             try: resp = await self._client.get(path, timeout=timeout, extensions={"trace": _connect_trace(marks)}); break
             except httpx.ConnectTimeout as e:
                 if last or not _stalled_connect(self._watch, marks, timeout): raise _transport_error(e, where) from None
+                self.stalled_connects += 1
             except httpx.HTTPError as e: raise _transport_error(e, where) from None
     if resp.status_code != 200: raise error_from_response(resp.status_code, resp.content, resp.headers, where)
     try: return resp.json()

@@ -128,6 +128,7 @@ def _register_gauges(self: TSFMRunner) -> None:
     g("tsfm_limiter_limit", lambda: self.limiter.limit); g("tsfm_limiter_in_flight", lambda: self.limiter.in_flight)
     g("tsfm_limiter_queued", lambda: self.limiter.queued)
     g("tsfm_backend_misconfigured", lambda: float(self.backend.auth.misconfigured))
+    g("tsfm_backend_connect_stalls", lambda: getattr(self.adapter, "stalled_connects", 0))   # a wrapped adapter may lack it
     g("tsfm_baseline_only", lambda: float(self.modes.mode == "baseline_only"))
 
 @patch

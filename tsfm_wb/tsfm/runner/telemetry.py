@@ -40,6 +40,7 @@ METRIC_HELP = {
     "tsfm_request_latency_seconds": "Runner latency per request, cache hits included.",
     "tsfm_backend_latency_seconds": "Latency of backend calls (from the permit, our own queue excluded).",
     "tsfm_limiter_limit": "Backend calls allowed in flight now (adaptive limit).",
+    "tsfm_backend_connect_stalls": "Connects tried again since start because the event loop was blocked when they timed out.",
     "tsfm_limiter_in_flight": "Backend calls in flight.",
     "tsfm_limiter_queued": "Calls waiting for a backend permit.",
     "tsfm_limiter_wait_seconds": "Time calls waited for a backend permit (the service's own queue).",
