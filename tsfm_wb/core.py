@@ -35,7 +35,7 @@ __all__ = ['CONFIG_DIR_KEY', 'ConfigPath', 'SNAPSHOT_PACKAGES', 'LOG_FORMAT_ENV'
            'make_run_id', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json',
            'atomic_save_npz', 'load_npz', 'package_versions', 'repro_snapshot', 'write_snapshot', 'JsonLineFormatter',
            'get_logger', 'log_format_from_env', 'configure_logging', 'df_to_markdown', 'run_coroutine', 'frame_records',
-           'port_arg', 'count_arg']
+           'port_arg', 'count_arg', 'seconds_arg']
 
 # %% ../nbs/00_core.ipynb #98c185c7
 class TsfmWbError(Exception):
@@ -305,3 +305,11 @@ def count_arg(text: str) -> int:
     except ValueError: raise argparse.ArgumentTypeError(f"invalid count {text!r}: give an int >= 1") from None
     if n < 1: raise argparse.ArgumentTypeError(f"{n} is not a count: give an int >= 1")
     return n
+
+def seconds_arg(text: str) -> float:
+    "argparse type of a duration in seconds: a finite number > 0 (a timeout, say)."
+    import argparse, math
+    try: s = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"invalid duration {text!r}: give seconds > 0") from None
+    if not (math.isfinite(s) and s > 0): raise argparse.ArgumentTypeError(f"{text} s is not a duration: give seconds > 0")
+    return s

@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache
 from statistics import NormalDist
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastcore.basics import patch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, TypeAdapter, ValidationError
 
 from ..core import BackendError, ConfigError
 from .schemas import quantile_key
@@ -42,26 +42,27 @@ DEFAULT_LICENSE_GATED = ("moirai-2.0-R-small",)
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 300.0                  # the daemon's forecast timeout when a request sends none
 _WrongShape = Literal["short", "missing_series", "unknown_id", "null_values", "missing_quantile", "not_a_list"]
+_ErrorStatus = Annotated[int, Field(ge=400, le=599)]   # what an injected failure may answer
 
 @dataclass(frozen=True)
 class FakeOptions:
     "Behaviour of the server; every field can be changed at runtime with `FakeTollama.set`."
-    latency_s: float = 0.0                 # fixed time per forecast request (counts against its timeout)
-    per_series_cost_s: float = 0.0         # extra time per series in a request
+    latency_s: NonNegativeFloat = 0.0                 # fixed time per forecast request (counts against its timeout)
+    per_series_cost_s: NonNegativeFloat = 0.0         # extra time per series in a request
     one_at_a_time: bool = False            # serve forecasts one at a time, like the real daemon
-    error_status: int | None = None        # every forecast answers this status (real body shape)
-    fail_next_n: int = 0                   # the next n forecasts answer `fail_status`, then it recovers
-    fail_status: int = 503
-    retry_after_s: float | None = None     # Retry-After header sent with 429/503 answers
-    hang_s: float = 0.0                    # sleep this long before answering (a timeout for the client)
+    error_status: _ErrorStatus | None = None        # every forecast answers this status (real body shape)
+    fail_next_n: NonNegativeInt = 0                   # the next n forecasts answer `fail_status`, then it recovers
+    fail_status: _ErrorStatus = 503
+    retry_after_s: NonNegativeFloat | None = None     # Retry-After header sent with 429/503 answers
+    hang_s: NonNegativeFloat = 0.0                    # sleep this long before answering (a timeout for the client)
     malformed_json: bool = False           # answer 200 with a body that is not JSON
     wrong_shapes: _WrongShape | None = None # answer 200 with a well-formed but wrong payload
     models: tuple[str, ...] = DEFAULT_FAKE_MODELS   # the fake backend's models
     license_gated: tuple[str, ...] = DEFAULT_LICENSE_GATED
     api_key: str | None = None             # when set, every route needs `Authorization: Bearer <key>`
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    spread: float = 0.1                    # step-1 standard deviation of the fake backend's forecast
-    default_timeout_s: float = DEFAULT_TIMEOUT_S   # forecast timeout of a request without `timeout`
+    max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
+    spread: NonNegativeFloat = 0.1                    # step-1 standard deviation of the fake backend's forecast
+    default_timeout_s: PositiveFloat = DEFAULT_TIMEOUT_S   # forecast timeout of a request without `timeout`
 
 @dataclass
 class FakeStats:

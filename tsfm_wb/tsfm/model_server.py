@@ -27,7 +27,7 @@ from fastcore.basics import patch
 
 import tsfm_wb
 
-from ..core import BackendError, ConfigError, DataValidationError, TsfmWbError, count_arg, port_arg
+from ..core import BackendError, ConfigError, DataValidationError, TsfmWbError, count_arg, port_arg, seconds_arg
 from .fake_tollama import FakeOptions, FakeTollama, fake_options
 from .schemas import quantile_key
 from .served_models import LabModel, ModelRegistry, SeriesAnswer, default_registry, model_spec
@@ -295,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="require `Authorization: Bearer <token>` on every route")
     p.add_argument("--token-env", default=None, metavar="VAR", help="read the token from this environment variable")
     p.add_argument("--workers", type=count_arg, default=2, help="model worker processes (default 2)")
-    p.add_argument("--timeout", type=float, default=FakeOptions().default_timeout_s, help="timeout (s) of requests that send none")
+    p.add_argument("--timeout", type=seconds_arg, default=FakeOptions().default_timeout_s, help="timeout (s) of requests that send none")
     p.add_argument("--no-warm", action="store_true", help="do not warm the models when a worker starts")
     p.add_argument("--lab", action="append", default=[], metavar="NAME=PATH",
                    help="serve the exported lab estimator at PATH (export_served folder or its run directory) as NAME; repeatable")
