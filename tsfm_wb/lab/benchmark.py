@@ -20,7 +20,7 @@ from ..core import ConfigError, DataValidationError, atomic_write_json, atomic_w
 from ..data import DATASETS, load_dataset
 from ..metrics import smape
 from .spline import regular_grid
-from .panel import panel_freq, season_length_for
+from .panel import int_at_least, panel_freq, season_length_for
 from .intervals import check_levels, level_label
 from .estimator import DEFAULT_ALIAS, SplineLSTM
 from .panel import cv_cutoffs
@@ -180,8 +180,7 @@ class BenchmarkResult:
 
 def drop_holdout(df: pd.DataFrame, freq: str, holdout_windows: int, h: int) -> pd.DataFrame:
     "Each series without its last `holdout_windows` windows of h steps (the development protocol); `df` itself for none."
-    if isinstance(holdout_windows, bool) or not isinstance(holdout_windows, (int, np.integer)) or holdout_windows < 0:
-        raise ConfigError(f"holdout_windows must be an int >= 0, got {holdout_windows!r}")
+    int_at_least(holdout_windows, "holdout_windows", minimum=0)
     if holdout_windows == 0: return df
     n, parts = int(holdout_windows) * h, []
     for uid, g in df.groupby("unique_id", sort=False):

@@ -18,6 +18,7 @@ from ..data import validate_future_frame
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
 from .panel import (BASES, EXOG_LISTS, SeriesData, Windows, base_data, check_flag, check_panel, column_list, concat_windows,
+                               int_at_least,
                                crossfit_masks, cv_cutoffs, default_input_size, design, exog_stats, grid_length, panel_freq, part_windows,
                                prepare_series, scaled_mae, scaled_residuals, season_length_for, series_windows, spacing_hint, tail_length)
 from .spline import regular_grid
@@ -42,12 +43,6 @@ DEFAULT_UNITS, DEFAULT_LOSS, DEFAULT_LEARNING_RATE = 32, "huber", 1e-3          
 DEFAULT_BATCH_SIZE, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE = 64, 100, 10                # training and early stopping
 DEFAULT_SPLINE = {"method": "pchip", "max_gap": 4}   # tsfm_wb.lab.spline.SplinePreprocessor options
 ESTIMATOR_FILE, STATE_FILE = "estimator.json", "state.npz"
-
-def _positive_int(v: Any, name: str, allow_none: bool = False) -> int | None:
-    "`v` as an int >= 1 (or None when allowed); ConfigError otherwise."
-    if v is None and allow_none: return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1: raise ConfigError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
 
 # %% ../../nbs/lab/13e_estimator.ipynb #debb0202
 class SplineLSTM:
@@ -77,14 +72,14 @@ class SplineLSTM:
                  spline: dict[str, Any] | None = None,   # SplinePreprocessor options (default pchip, max_gap 4)
                  seed: int = 0, alias: str = DEFAULT_ALIAS,
                  verbose: bool = False):                 # progress bars (tqdm) while training
-        self.h, self.input_size = _positive_int(h, "h"), _positive_int(input_size, "input_size", True)
+        self.h, self.input_size = int_at_least(h, "h"), int_at_least(input_size, "input_size", allow_none=True)
         if cell not in (*CELLS, AUTO): raise ConfigError(f"unknown cell {cell!r}; choose one of {[*CELLS, AUTO]}")
         if base not in (*BASES, AUTO): raise ConfigError(f"unknown base {base!r}; choose one of {[*BASES, AUTO]}")
         if select not in SELECT_RULES: raise ConfigError(f"unknown select {select!r}; choose one of {list(SELECT_RULES)}")
         parse_hparams(cell if cell in CELLS else "lstm", units=units, layers=layers, dropout=dropout, learning_rate=learning_rate, loss=loss)
-        for k, v in dict(batch_size=batch_size, max_epochs=max_epochs, patience=patience, n_seeds=n_seeds).items(): _positive_int(v, k)
-        _positive_int(val_size, "val_size", True); _positive_int(season_length, "season_length", True)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0: raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
+        for k, v in dict(batch_size=batch_size, max_epochs=max_epochs, patience=patience, n_seeds=n_seeds).items(): int_at_least(v, k)
+        int_at_least(val_size, "val_size", allow_none=True); int_at_least(season_length, "season_length", allow_none=True)
+        int_at_least(seed, "seed", minimum=0)
         stat_models = check_stat_models(stat_models)
         self.levels_default = check_levels([*check_levels(level), *quantiles_to_levels(quantiles)])
         spline = {**DEFAULT_SPLINE, **(spline or {})}
@@ -308,7 +303,7 @@ def predict(self: SplineLSTM, h: int | None = None, futr_df: pd.DataFrame | None
             quantiles: Sequence[float] | None = None, df: pd.DataFrame | None = None) -> pd.DataFrame:
     "Forecasts of the next h steps with intervals: unique_id, ds, <alias>, <alias>-lo-<level>, <alias>-hi-<level>."
     self._check_fitted()
-    h = self.h if h is None else _positive_int(h, "h")
+    h = self.h if h is None else int_at_least(h, "h")
     if h > self.h: raise ConfigError(f"h={h} exceeds the fitted horizon {self.h}; fit with h={h} to forecast that far")
     levels = self.levels_default if level is None and quantiles is None else check_levels([*check_levels(level), *quantiles_to_levels(quantiles)])
     series = self._with_future(self.series_ if df is None else self._new_series(df), futr_df)
@@ -333,8 +328,8 @@ def fit_summary(self: SplineLSTM) -> dict[str, Any]:
 def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n_windows: int = 1, step_size: int | None = None,
                      level: Sequence[float] | None = None, refit: bool = True) -> pd.DataFrame:
     "Rolling-origin forecasts: unique_id, ds, cutoff, y and the forecast columns, one block per cutoff."
-    h = self.h if h is None else _positive_int(h, "h")
-    n_windows, step = _positive_int(n_windows, "n_windows"), _positive_int(h if step_size is None else step_size, "step_size")
+    h = self.h if h is None else int_at_least(h, "h")
+    n_windows, step = int_at_least(n_windows, "n_windows"), int_at_least(h if step_size is None else step_size, "step_size")
     check_panel(df, self.hist_exog_list, self.futr_exog_list, self.stat_exog_list)
     freq = panel_freq(df, self.freq)
     groups = list(df.groupby("unique_id", sort=False))

@@ -13,7 +13,8 @@ import pandas as pd
 from fastcore.basics import patch
 
 from ..core import ConfigError, DataValidationError
-from .panel import check_panel, concat_windows, grid_length, design, prepare_series, select_windows, series_windows
+from .panel import (check_panel, concat_windows, design, grid_length, int_at_least, prepare_series, select_windows,
+                               series_windows)
 from .spline import regular_grid
 from .intervals import check_levels, conformal_offsets, interval_bounds, interval_columns
 from .training import network_outputs
@@ -51,8 +52,7 @@ def historical_forecasts(self: SplineLSTM, df: pd.DataFrame, start: Any, stride:
     if f.get("stat"):
         raise ConfigError(f"this estimator chose {f['chosen']!r}, whose statistical models refit at each origin; "
                           "use cross_validation(df, n_windows=..., refit=False) for its historical forecasts")
-    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
-        raise ConfigError(f"stride must be an int >= 1, got {stride!r}")
+    int_at_least(stride, "stride")
     check_panel(df, self.hist_exog_list, self.futr_exog_list, self.stat_exog_list)
     try: start = pd.Timestamp(start)
     except (TypeError, ValueError): raise ConfigError(f"start must be a timestamp (or text pandas reads as one), got {start!r}") from None

@@ -20,8 +20,8 @@ from .spline import SplinePreprocessor, SplineResult, regular_grid
 
 # %% auto #0
 __all__ = ['BASES', 'SCALE_FLOOR_REL', 'SCALE_FLOOR_ABS', 'MAX_STEPS_PER_OBSERVATION', 'EXOG_LISTS', 'VAL_FRACTION',
-           'season_length_for', 'check_panel', 'grid_length', 'panel_freq', 'column_list', 'check_flag', 'spacing_hint',
-           'SeriesData', 'prepare_series', 'Windows', 'window_ends', 'series_windows', 'concat_windows',
+           'season_length_for', 'check_panel', 'grid_length', 'panel_freq', 'column_list', 'int_at_least', 'check_flag',
+           'spacing_hint', 'SeriesData', 'prepare_series', 'Windows', 'window_ends', 'series_windows', 'concat_windows',
            'select_windows', 'window_scale', 'base_forecast', 'scale_windows', 'tail_length', 'default_input_size',
            'part_windows', 'exog_stats', 'design', 'base_data', 'scaled_residuals', 'scaled_mae', 'crossfit_masks',
            'cv_cutoffs']
@@ -120,6 +120,14 @@ def column_list(value: Any, name: str) -> list[str]:
     bad = [c for c in cols if not isinstance(c, str)]
     if bad: raise ConfigError(f"{name} must hold column names (strings), got {bad[0]!r}")
     return cols
+
+def int_at_least(value: Any, name: str, minimum: int = 1, allow_none: bool = False) -> int | None:
+    "`value` as an int >= `minimum` (numpy's too, never a bool; None when allowed); ConfigError naming `name` otherwise."
+    if value is None and allow_none: return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
 
 def check_flag(value: Any, name: str) -> bool:
     "`value` as a bool if it is one (numpy's too) or the int 0 or 1; ConfigError otherwise (a string such as 'no')."
@@ -314,8 +322,7 @@ def crossfit_masks(va: Windows, h: int, n_blocks: int = 2) -> list[tuple[np.ndar
 # %% ../../nbs/lab/13a_panel.ipynb #c505eb91
 def cv_cutoffs(grid: pd.DatetimeIndex, h: int, n_windows: int, step_size: int) -> list[pd.Timestamp]:
     "The cutoffs of rolling-origin windows on one series' grid: the last is h steps before its end."
-    for v, k in ((n_windows, "n_windows"), (step_size, "step_size")):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1: raise ConfigError(f"{k} must be a positive int, got {v!r}")
+    int_at_least(n_windows, "n_windows"); int_at_least(step_size, "step_size")
     idx = [len(grid) - 1 - h - (n_windows - 1 - i) * step_size for i in range(n_windows)]
     if idx[0] < 1: raise DataValidationError(f"{len(grid)} grid steps are too few for {n_windows} windows of h={h}, step_size={step_size}")
     return [grid[i] for i in idx]
