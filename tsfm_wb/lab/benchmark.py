@@ -180,9 +180,8 @@ class BenchmarkResult:
 
 def drop_holdout(df: pd.DataFrame, freq: str, holdout_windows: int, h: int) -> pd.DataFrame:
     "Each series without its last `holdout_windows` windows of h steps (the development protocol); `df` itself for none."
-    int_at_least(holdout_windows, "holdout_windows", minimum=0)
-    if holdout_windows == 0: return df
-    n, parts = int(holdout_windows) * h, []
+    n, parts = int_at_least(holdout_windows, "holdout_windows", minimum=0) * h, []
+    if n == 0: return df
     for uid, g in df.groupby("unique_id", sort=False):
         grid = regular_grid(g["ds"], freq)
         if n >= len(grid): raise DataValidationError(f"series {uid!r} has {len(grid)} grid steps, not more than the {n} held out")

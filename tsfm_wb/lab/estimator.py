@@ -18,9 +18,9 @@ from ..data import validate_future_frame
 from .spline import NotFittedError, SplinePreprocessor
 from .models import parse_hparams
 from .panel import (BASES, EXOG_LISTS, SeriesData, Windows, base_data, check_flag, check_panel, column_list, concat_windows,
-                               int_at_least,
-                               crossfit_masks, cv_cutoffs, default_input_size, design, exog_stats, grid_length, panel_freq, part_windows,
-                               prepare_series, scaled_mae, scaled_residuals, season_length_for, series_windows, spacing_hint, tail_length)
+                               crossfit_masks, cv_cutoffs, default_input_size, design, exog_stats, grid_length, int_at_least,
+                               panel_freq, part_windows, prepare_series, scaled_mae, scaled_residuals, season_length_for,
+                               series_windows, spacing_hint, tail_length)
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
