@@ -49,20 +49,20 @@ class FakeOptions:
     "Behaviour of the server; every field can be changed at runtime with `FakeTollama.set`."
     latency_s: NonNegativeFloat = 0.0                 # fixed time per forecast request (counts against its timeout)
     per_series_cost_s: NonNegativeFloat = 0.0         # extra time per series in a request
-    one_at_a_time: bool = False            # serve forecasts one at a time, like the real daemon
-    error_status: _ErrorStatus | None = None        # every forecast answers this status (real body shape)
+    one_at_a_time: bool = False                       # serve forecasts one at a time, like the real daemon
+    error_status: _ErrorStatus | None = None          # every forecast answers this status (real body shape)
     fail_next_n: NonNegativeInt = 0                   # the next n forecasts answer `fail_status`, then it recovers
     fail_status: _ErrorStatus = 503
     retry_after_s: NonNegativeFloat | None = None     # Retry-After header sent with 429/503 answers
     hang_s: NonNegativeFloat = 0.0                    # sleep this long before answering (a timeout for the client)
-    malformed_json: bool = False           # answer 200 with a body that is not JSON
-    wrong_shapes: _WrongShape | None = None # answer 200 with a well-formed but wrong payload
-    models: tuple[str, ...] = DEFAULT_FAKE_MODELS   # the fake backend's models
+    malformed_json: bool = False                      # answer 200 with a body that is not JSON
+    wrong_shapes: _WrongShape | None = None           # answer 200 with a well-formed but wrong payload
+    models: tuple[str, ...] = DEFAULT_FAKE_MODELS     # the fake backend's models
     license_gated: tuple[str, ...] = DEFAULT_LICENSE_GATED
-    api_key: str | None = None             # when set, every route needs `Authorization: Bearer <key>`
+    api_key: str | None = None                        # when set, every route needs `Authorization: Bearer <key>`
     max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
     spread: NonNegativeFloat = 0.1                    # step-1 standard deviation of the fake backend's forecast
-    default_timeout_s: PositiveFloat = DEFAULT_TIMEOUT_S   # forecast timeout of a request without `timeout`
+    default_timeout_s: PositiveFloat = DEFAULT_TIMEOUT_S # forecast timeout of a request without `timeout`
 
 @dataclass
 class FakeStats:
@@ -281,7 +281,7 @@ def _options_adapter() -> TypeAdapter:
     return TypeAdapter(FakeOptions)
 
 def fake_options(base: FakeOptions | None = None, **changes: Any) -> FakeOptions:
-    "`base` (None: the defaults) with `changes`, each checked by name and type; a ConfigError names the option."
+    "`base` (None: the defaults) with `changes`, each checked by name, type and range; a ConfigError names the option."
     known = {f.name for f in fields(FakeOptions)}
     if unknown := sorted(set(changes) - known): raise ConfigError(f"unknown fake tollama option(s) {unknown}; known: {sorted(known)}")
     try: return _options_adapter().validate_python({**asdict(base or FakeOptions()), **changes})
