@@ -139,11 +139,12 @@ def _series(self: SplineLSTM, groups: list[tuple[Any, pd.DataFrame]], freq: str,
 # %% ../../nbs/lab/13e_estimator.ipynb #39470caf
 @patch
 def _train(self: SplineLSTM, cell: str, X: np.ndarray, Y: np.ndarray, seed: int, val: tuple[np.ndarray, np.ndarray] | None = None,
-           epochs: int | None = None, reps: int | None = None, desc: str = "") -> tuple[Any, dict[str, list[float]], int, np.ndarray | None]:
+           epochs: int | None = None, reps: int | None = None, desc: str = "",
+           again: Any = None) -> tuple[Any, dict[str, list[float]], int, np.ndarray | None]:
     "A network of `cell` trained with this estimator's hyper-parameters; model, history, repeats, validation outputs per epoch."
     hp = dict(units=self.units, layers=self.layers, dropout=self.dropout, learning_rate=self.learning_rate, loss=self.loss)
     return train_network(cell, X, Y, seed, self.h, hp, val=val, epochs=epochs or self.max_epochs, reps=reps,
-                         batch_size=self.batch_size, patience=self.patience, verbose=self.verbose, desc=desc)
+                         batch_size=self.batch_size, patience=self.patience, verbose=self.verbose, desc=desc, again=again)
 
 # %% ../../nbs/lab/13e_estimator.ipynb #8a4a2c0d
 @patch
@@ -190,13 +191,16 @@ def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: d
 @patch
 def _final_models(self: SplineLSTM, chosen: dict[str, Any], full: list[SeriesData], L: int, m: int,
                   stats: dict[str, list[float]]) -> tuple[list[Any], int]:
-    "The chosen networks retrained on every window for their best epoch counts (or as early-stopped); windows used."
+    """The chosen networks retrained on every window for their best epoch counts (or as early-stopped); windows used.
+
+    Each refit rewinds its validation-tail network to the same start and trains it again (bit-identical to a new network,
+    without tracing a second graph), so a refitted estimator keeps no early-stopped network."""
     if not self.refit: return [mm["model"] for mm in chosen["members"]], 0
     w = part_windows(full, L, self.h, len(self.hist_exog_list), "train")
     X, s, b = design(w, self.h, chosen["base"], m, stats)
     Y = ((w.Y - b) / s[:, None]).astype(np.float32)
     return [self._train(mm["cell"], X, Y, mm["seed"], epochs=overfit_signal(mm["history"])["best_epoch"], reps=mm["reps"],
-                        desc=f"refit {mm['cell']}")[0] for mm in chosen["members"]], len(w)
+                        desc=f"refit {mm['cell']}", again=mm["model"])[0] for mm in chosen["members"]], len(w)
 
 @patch
 def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:

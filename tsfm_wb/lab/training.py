@@ -18,7 +18,7 @@ from .models import build_model
 
 # %% auto #0
 __all__ = ['MIN_STEPS_PER_EPOCH', 'seed_training', 'quiet_tf_logs', 'epoch_repeats', 'loss_value', 'crossfit_outputs',
-           'validation_callback', 'progress_bar', 'network_outputs', 'save_keras', 'train_network']
+           'validation_callback', 'progress_bar', 'network_outputs', 'save_keras', 'restart', 'train_network']
 
 # %% ../../nbs/lab/13d_training.ipynb #b94cf7d2
 MIN_STEPS_PER_EPOCH = 16                       # small data: windows repeat within an epoch to reach this many batches
@@ -98,14 +98,27 @@ def save_keras(model: Any, path: Path) -> Path:
     return path
 
 # %% ../../nbs/lab/13d_training.ipynb #884ea851
+def restart(model: Any, fresh: Any) -> Any:
+    "Rewind a trained `model` to `fresh`'s untrained state (its variables and optimizer slots); `model`, with its compiled graph."
+    for m in (model, fresh):
+        if not m.optimizer.built: m.optimizer.build(m.trainable_variables)
+    pairs = [(model.variables, fresh.variables), (model.optimizer.variables, fresh.optimizer.variables)]
+    if any(len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)) for a, b in pairs):
+        raise ModelError(f"cannot train {model.name!r} again as {fresh.name!r}: their variables differ; "
+                         "pass again=None to train a new network")
+    for a, b in pairs:
+        for x, y in zip(a, b): x.assign(y)
+    return model
+
 def train_network(cell: str, X: np.ndarray, Y: np.ndarray, seed: int, h: int, hparams: dict[str, Any],
                   val: tuple[np.ndarray, np.ndarray] | None = None, epochs: int = 100, reps: int | None = None,
                   batch_size: int = 64, patience: int = 10, verbose: bool = False,
-                  desc: str = "") -> tuple[Any, dict[str, list[float]], int, np.ndarray | None]:
+                  desc: str = "", again: Any = None) -> tuple[Any, dict[str, list[float]], int, np.ndarray | None]:
     "A freshly seeded network of `cell` fitted on (X, Y), early-stopped on `val`; model, history, repeats, val outputs [E, B, h]."
     import keras
     seed_training(seed)
     model = build_model(cell, X.shape[1], X.shape[2], h, 1, seed=seed, **hparams)
+    if again is not None: model = restart(again, model)          # the same start, without tracing its graph again
     reps = reps or epoch_repeats(len(X), batch_size)
     cbs = [keras.callbacks.TerminateOnNaN()]
     val_cb = validation_callback(*val, hparams.get("loss", "mse")) if val is not None else None
