@@ -24,7 +24,7 @@ from .panel import (BASES, EXOG_LISTS, SeriesData, Windows, base_data, check_fla
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
-from .training import crossfit_outputs, network_outputs, train_network
+from .training import NetworkPool, crossfit_outputs, network_outputs, train_network
 from .stat_base import MIX, SELECT_RULES, STAT_MODELS, check_stat_models, choose, final_forecasts, stat_candidates
 
 # %% auto #0
@@ -92,6 +92,8 @@ class SplineLSTM:
                             season_length=season_length, spline=spline, seed=int(seed), alias=str(alias), verbose=check_flag(verbose, "verbose"))
         for k, v in self._params.items(): setattr(self, k, v)
         self.fitted_: dict[str, Any] | None = None
+        self._pool: NetworkPool | None = None     # networks of earlier folds to train again (cross_validation sets it)
+        self._trained: list[tuple[tuple, Any]] = []   # what this fit trained, for its pool once its caller is done
 
     def get_params(self) -> dict[str, Any]:
         "Constructor arguments (JSON types)."
@@ -143,8 +145,20 @@ def _train(self: SplineLSTM, cell: str, X: np.ndarray, Y: np.ndarray, seed: int,
            again: Any = None) -> tuple[Any, dict[str, list[float]], int, np.ndarray | None]:
     "A network of `cell` trained with this estimator's hyper-parameters; model, history, repeats, validation outputs per epoch."
     hp = dict(units=self.units, layers=self.layers, dropout=self.dropout, learning_rate=self.learning_rate, loss=self.loss)
-    return train_network(cell, X, Y, seed, self.h, hp, val=val, epochs=epochs or self.max_epochs, reps=reps,
-                         batch_size=self.batch_size, patience=self.patience, verbose=self.verbose, desc=desc, again=again)
+    key = NetworkPool.key(cell, hp, X, self.h)
+    if again is None and self._pool is not None: again = self._pool.take(key)
+    out = train_network(cell, X, Y, seed, self.h, hp, val=val, epochs=epochs or self.max_epochs, reps=reps,
+                        batch_size=self.batch_size, patience=self.patience, verbose=self.verbose, desc=desc, again=again)
+    if self._pool is not None: self._trained.append((key, out[0]))
+    return out
+
+@patch
+def _release(self: SplineLSTM) -> None:
+    "Put every network this estimator trained into its pool: its caller is done with it (a finished fold)."
+    seen: set[int] = set()
+    for key, model in self._trained:
+        if id(model) not in seen: seen.add(id(model)); self._pool.put(key, model)
+    self._trained = []
 
 # %% ../../nbs/lab/13e_estimator.ipynb #8a4a2c0d
 @patch
@@ -342,13 +356,16 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
         try: cuts[uid] = cv_cutoffs(regular_grid(g["ds"], freq), h, n_windows, step)
         except DataValidationError as e: raise DataValidationError(f"series {uid!r}: {e}") from None
     proto, fitted, parts, self.cv_fits_ = self.clone(h=h, freq=freq), None, [], []
+    pool = NetworkPool()                        # a fold's networks are trained again in the next: one traced graph each
     from tqdm.auto import tqdm
     for i in tqdm(range(n_windows), desc="cross_validation", unit="window", disable=not self.verbose):   # verbose: a bar
         train = pd.concat([g[g["ds"] <= cuts[u][i]] for u, g in groups], ignore_index=True)
         futr = pd.concat([g[g["ds"] > cuts[u][i]] for u, g in groups], ignore_index=True) if self.futr_exog_list else None
         if refit or fitted is None:
-            fitted = proto.clone().fit(train); self.cv_fits_.append(fitted.fit_summary())
+            fitted = proto.clone(); fitted._pool = pool
+            fitted.fit(train); self.cv_fits_.append(fitted.fit_summary())
         fc = fitted.predict(futr_df=futr, level=level, df=None if (refit or i == 0) else train)
+        if refit: fitted._release()
         parts.append(fc.assign(cutoff=fc["unique_id"].map({u: c[i] for u, c in cuts.items()})))
     out = pd.concat(parts, ignore_index=True).merge(df[["unique_id", "ds", "y"]], on=["unique_id", "ds"], how="left")
     return out[["unique_id", "ds", "cutoff", "y", *[c for c in out.columns if c.startswith(self.alias)]]]

@@ -16,6 +16,7 @@ import pandas as pd
 from ..core import ConfigError, DataValidationError, atomic_write_json, atomic_write_text, df_to_markdown, read_json
 from .panel import scaled_residuals
 from .estimator import SplineLSTM
+from .training import NetworkPool
 from .stat_base import SELECT_RULES, STAT, best_network, best_stat_model, choose, final_forecasts
 from .benchmark import (BENCHMARK_PANEL, BENCHMARK_SERIES, PEERS, STAT_PEERS, _records, drop_holdout, benchmark_series,
                                    fold_cutoffs, forecasts_frame, forecasts_json, peer_cv, score_cv)
@@ -68,15 +69,18 @@ def compare_rules(df: pd.DataFrame, freq: str, m: int, h: int, name: str, n_wind
     df = drop_holdout(df, freq, holdout_windows, h)
     cuts = fold_cutoffs(df, freq, h, n_windows)
     pcv = peer_cv(df, freq, m, h, cuts, level, peers)[0]
-    groups, parts, choices = list(df.groupby("unique_id", sort=False)), {}, []
+    groups, parts, choices, pool = list(df.groupby("unique_id", sort=False)), {}, [], NetworkPool()
     for i in range(n_windows):
         train = pd.concat([g[g["ds"] <= cuts[u][i]] for u, g in groups], ignore_index=True)
-        est = _RecordingLSTM(h=h, freq=freq, season_length=m, **{**(estimator or {}), "select": "best"}).fit(train)
+        est = _RecordingLSTM(h=h, freq=freq, season_length=m, **{**(estimator or {}), "select": "best"})
+        est._pool = pool                                    # each fold trains the previous fold's networks again
+        est.fit(train)
         cache: dict = {}
         for rule, cand in rule_candidates(est).items():
             fc = forecast_as(est, cand, cache, level).rename(columns=lambda c: c.replace(est.alias, rule))
             parts.setdefault(rule, []).append(fc.assign(cutoff=fc["unique_id"].map({u: c[i] for u, c in cuts.items()})))
             choices.append({"series": name, "fold": i, "rule": rule, "chosen": cand["name"], "val_score": cand["score"]})
+        est._release()
     cv = pcv
     for rule, p in parts.items(): cv = pd.concat(p, ignore_index=True).merge(cv, on=["unique_id", "ds", "cutoff"], how="left")
     cv = cv.merge(df[["unique_id", "ds", "y"]], on=["unique_id", "ds"], how="left")

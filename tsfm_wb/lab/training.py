@@ -18,7 +18,8 @@ from .models import build_model
 
 # %% auto #0
 __all__ = ['MIN_STEPS_PER_EPOCH', 'seed_training', 'quiet_tf_logs', 'epoch_repeats', 'loss_value', 'crossfit_outputs',
-           'validation_callback', 'progress_bar', 'network_outputs', 'save_keras', 'restart', 'train_network']
+           'validation_callback', 'progress_bar', 'network_outputs', 'save_keras', 'restart', 'train_network',
+           'NetworkPool']
 
 # %% ../../nbs/lab/13d_training.ipynb #b94cf7d2
 MIN_STEPS_PER_EPOCH = 16                       # small data: windows repeat within an epoch to reach this many batches
@@ -131,3 +132,24 @@ def train_network(cell: str, X: np.ndarray, Y: np.ndarray, seed: int, h: int, hp
     if not np.isfinite(out["loss"]).all():
         raise ModelError(f"training of {cell!r} diverged (loss {out['loss'][-1]}); lower learning_rate or check the data for huge values")
     return model, out, reps, (np.stack(val_cb.outputs) if val_cb is not None and val_cb.outputs else None)
+
+# %% ../../nbs/lab/13d_training.ipynb #c4e2a8f3
+class NetworkPool:
+    "Trained networks free to be trained again, by cell, hyper-parameters and shapes (one fold's networks serve the next fold)."
+    def __init__(self) -> None: self._free: dict[tuple, list[Any]] = {}
+
+    @staticmethod
+    def key(cell: str, hparams: dict[str, Any], X: np.ndarray, h: int) -> tuple:
+        "What two networks must share for one to be trained again as the other."
+        return (cell, tuple(sorted(hparams.items())), tuple(X.shape[1:]), h)
+
+    def put(self, key: tuple, model: Any) -> None:
+        "Give `model` (no longer used by its owner) back to the pool under `key`."
+        self._free.setdefault(key, []).append(model)
+
+    def take(self, key: tuple) -> Any | None:
+        "A free network of `key`, taken out of the pool; None when there is none."
+        free = self._free.get(key)
+        return free.pop() if free else None
+
+    def __len__(self) -> int: return sum(len(v) for v in self._free.values())
