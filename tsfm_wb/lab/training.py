@@ -115,7 +115,7 @@ def train_network(cell: str, X: np.ndarray, Y: np.ndarray, seed: int, h: int, hp
                   val: tuple[np.ndarray, np.ndarray] | None = None, epochs: int = 100, reps: int | None = None,
                   batch_size: int = 64, patience: int = 10, verbose: bool = False,
                   desc: str = "", again: Any = None) -> tuple[Any, dict[str, list[float]], int, np.ndarray | None]:
-    "A freshly seeded network of `cell` fitted on (X, Y), early-stopped on `val`; model, history, repeats, val outputs [E, B, h]."
+    "A seeded network of `cell` (new, or `again` rewound) fitted on (X, Y), early-stopped on `val`; model, history, repeats, val outputs [E, B, h]."
     import keras
     seed_training(seed)
     model = build_model(cell, X.shape[1], X.shape[2], h, 1, seed=seed, **hparams)
