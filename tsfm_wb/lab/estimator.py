@@ -154,11 +154,11 @@ def _train(self: SplineLSTM, cell: str, X: np.ndarray, Y: np.ndarray, seed: int,
 
 @patch
 def _release(self: SplineLSTM) -> None:
-    "Put every network this estimator trained into its pool: its caller is done with it (a finished fold)."
+    "Put every network this estimator trained into its pool (its caller is done with it: a finished fold); it is unfitted after."
     seen: set[int] = set()
     for key, model in self._trained:
         if id(model) not in seen: seen.add(id(model)); self._pool.put(key, model)
-    self._trained = []
+    self._trained, self.models_, self.fitted_ = [], [], None      # the pool's networks change: never predict with them here
 
 # %% ../../nbs/lab/13e_estimator.ipynb #8a4a2c0d
 @patch
