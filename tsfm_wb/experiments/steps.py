@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from ..core import ConfigError, StrictModel, _format_validation_error, atomic_write_json, read_json
-from .grid import (METRICS_FILE, SIMULATOR, SimulatorConfig, TsfmEvalConfig, _deep_merge, _runner_settings,
+from .grid import (METRICS_FILE, SIMULATOR, SimulatorConfig, TsfmEvalConfig, _runner_settings,
                                       parse_tsfm_config)
 
 # %% auto #0

@@ -20,10 +20,9 @@ from ..core import ConfigError, DataValidationError, atomic_write_json, atomic_w
 from ..data import DATASETS, load_dataset
 from ..metrics import smape
 from .spline import regular_grid
-from .panel import int_at_least, panel_freq, season_length_for
+from .panel import cv_cutoffs, int_at_least
 from .intervals import check_levels, level_label
 from .estimator import DEFAULT_ALIAS, SplineLSTM
-from .panel import cv_cutoffs
 
 # %% auto #0
 __all__ = ['BENCHMARK_SERIES', 'BENCHMARK_PANEL', 'PEERS', 'STAT_PEERS', 'BenchmarkSeries', 'benchmark_series', 'fold_cutoffs',
