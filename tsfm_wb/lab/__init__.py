@@ -16,3 +16,20 @@ def quiet_tensorflow(defaults: dict[str, str] = TF_ENV_DEFAULTS) -> dict[str, st
     return {name: os.environ[name] for name in defaults}
 
 quiet_tensorflow()
+
+# %% ../../nbs/lab/09_lab.ipynb #5c1d7e20
+def _lab_names() -> dict[str, str]:
+    "The front door's names whose module is in the lab: {name: module}."
+    import tsfm_wb
+    return {k: m for k, m in tsfm_wb._FRONT_DOOR.items() if m.startswith("tsfm_wb.lab.")}
+
+def __getattr__(name: str):
+    "A lab name of the front door (`tsfm_wb.lab.SplineLSTM`, ...), imported on first use (PEP 562)."
+    if name in _lab_names():
+        import tsfm_wb
+        return getattr(tsfm_wb, name)
+    raise AttributeError(f"module 'tsfm_wb.lab' has no attribute {name!r}; its front-door names are {sorted(_lab_names())}")
+
+def __dir__() -> list[str]:
+    "The module's own attributes and the lab names of the front door."
+    return sorted({*globals(), *_lab_names()})
