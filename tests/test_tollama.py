@@ -265,10 +265,12 @@ def test_connect_timeout_fired_by_a_blocked_loop_is_not_an_outage(fake, blocked_
     assert "connect timed out while the event loop was blocked" in caplog.text
 
 
-def test_health_probe_survives_a_blocked_loop(fake, blocked_loop):
+def test_health_probe_survives_a_blocked_loop(fake, blocked_loop, caplog):
     async def go():
-        async with TollamaAdapter(base_url=fake.url, health_timeout_s=0.3) as ad: return await ad.health()
-    assert asyncio.run(go()) and blocked_loop.fired
+        async with TollamaAdapter(base_url=fake.url, health_timeout_s=0.3) as ad: return await ad.health(), ad.stalled_connects
+    healthy, stalls = asyncio.run(go())
+    assert healthy and blocked_loop.fired and stalls == 1
+    assert f"connect to {fake.url}/v1/health timed out while the event loop was blocked" in caplog.text   # as the POST path says
 
 
 def test_daemon_that_accepts_no_connection_is_unavailable():

@@ -257,7 +257,9 @@ async def _get_json(self: TollamaAdapter, path: str, timeout: float) -> Any:
             marks: dict[str, float] = {}
             try: resp = await self._client.get(path, timeout=timeout, extensions={"trace": _connect_trace(marks)}); break
             except httpx.ConnectTimeout as e:
-                if last or not _stalled_connect(self._watch, marks, timeout): raise _transport_error(e, where) from None
+                stall = None if last else _stalled_connect(self._watch, marks, timeout)
+                if not stall: raise _transport_error(e, where) from None
+                _log.warning("connect to %s timed out while the event loop was blocked for %.3f s: connecting again", where, stall)
                 self.stalled_connects += 1
             except httpx.HTTPError as e: raise _transport_error(e, where) from None
     if resp.status_code != 200: raise error_from_response(resp.status_code, resp.content, resp.headers, where)
