@@ -25,7 +25,8 @@ from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
 from .training import NetworkPool, crossfit_outputs, network_outputs, train_network
-from .stat_base import MIX, SELECT_RULES, STAT_MODELS, check_stat_models, choose, final_forecasts, stat_candidates
+from .stat_base import (MIX, SELECT_RULES, STAT_MODELS, StatJobs, check_n_jobs, check_stat_models, choose, final_forecasts,
+                                   stat_candidates, submit_finals, submit_validation)
 
 # %% auto #0
 __all__ = ['CELLS', 'AUTO', 'ENSEMBLE', 'BASE_ONLY', 'BASE_CHOOSER', 'DEFAULT_ALIAS', 'DEFAULT_UNITS', 'DEFAULT_LOSS',
@@ -64,6 +65,7 @@ class SplineLSTM:
                  n_seeds: int = 1,                       # networks per cell, averaged (seed, seed + 1, ...)
                  stat_models: Sequence[str] = STAT_MODELS,  # statistical candidates of cell='auto' (() for none)
                  select: str = "combine",                # a SELECT_RULES name (tsfm_wb.lab.stat_base.choose)
+                 n_jobs: int = 1,                        # worker processes for the statistical models (-1: one per CPU)
                  level: Sequence[float] | None = DEFAULT_LEVELS,   # default interval levels of predict
                  quantiles: Sequence[float] | None = None,          # alternative to level: bounding quantiles
                  hist_exog_list: Sequence[str] = (), futr_exog_list: Sequence[str] = (), stat_exog_list: Sequence[str] = (),
@@ -80,20 +82,21 @@ class SplineLSTM:
         for k, v in dict(batch_size=batch_size, max_epochs=max_epochs, patience=patience, n_seeds=n_seeds).items(): int_at_least(v, k)
         int_at_least(val_size, "val_size", allow_none=True); int_at_least(season_length, "season_length", allow_none=True)
         int_at_least(seed, "seed", minimum=0)
-        stat_models = check_stat_models(stat_models)
+        stat_models = check_stat_models(stat_models); check_n_jobs(n_jobs)
         self.levels_default = check_levels([*check_levels(level), *quantiles_to_levels(quantiles)])
         spline = {**DEFAULT_SPLINE, **(spline or {})}
         SplinePreprocessor(**spline)                                 # ConfigError on a bad option
         cols = {k: column_list(v, k) for k, v in zip(EXOG_LISTS, (hist_exog_list, futr_exog_list, stat_exog_list))}
         self._params = dict(h=self.h, input_size=self.input_size, cell=cell, base=base, units=units, layers=layers, dropout=dropout,
                             learning_rate=learning_rate, loss=loss, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-                            val_size=val_size, refit=check_flag(refit, "refit"), n_seeds=n_seeds, stat_models=stat_models, select=select, level=None if level is None else list(level),
+                            val_size=val_size, refit=check_flag(refit, "refit"), n_seeds=n_seeds, stat_models=stat_models, select=select, n_jobs=int(n_jobs), level=None if level is None else list(level),
                             quantiles=None if quantiles is None else list(quantiles), **cols, freq=freq,
                             season_length=season_length, spline=spline, seed=int(seed), alias=str(alias), verbose=check_flag(verbose, "verbose"))
         for k, v in self._params.items(): setattr(self, k, v)
         self.fitted_: dict[str, Any] | None = None
         self._pool: NetworkPool | None = None     # networks of earlier folds to train again (cross_validation sets it)
         self._trained: list[tuple[tuple, Any]] = []   # what this fit trained, for its pool once its caller is done
+        self._jobs: StatJobs | None = None        # statistical jobs' workers shared by folds (cross_validation sets it)
 
     def get_params(self) -> dict[str, Any]:
         "Constructor arguments (JSON types)."
@@ -177,7 +180,7 @@ def _candidate(self: SplineLSTM, cell: str, base: str, data: dict[str, np.ndarra
 
 @patch
 def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: dict[str, list[float]],
-            series: list[SeriesData]) -> tuple[list[dict], dict, dict, dict[str, str], dict | None]:
+            series: list[SeriesData], pending: dict | None = None) -> tuple[list[dict], dict, dict, dict[str, str], dict | None]:
     "Every candidate, the chosen one, the bases' arrays, the statistical models that failed and the gate's test."
     bases = [self.base] if self.base != AUTO else [b for b in BASES if b == "last" or (m > 1 and L >= m + (b == "seasonal_level"))]
     masks = crossfit_masks(va, self.h)
@@ -196,7 +199,7 @@ def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: d
                    "score": scaled_mae(zero(b), data[b]), "fit_s": 0.0} for b in bases]
     failed: dict[str, str] = {}
     if self.cell == AUTO and self.stat_models:
-        stat, failed = stat_candidates(series, va, self.stat_models, m, self.h, base, data[base], cands)
+        stat, failed = stat_candidates(series, va, self.stat_models, m, self.h, base, data[base], cands, pending)
         cands += stat
     cands, chosen, gate = choose(cands, data, va, self.h, self.select, base)
     return cands, chosen, data, failed, gate
@@ -231,13 +234,20 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
     if tr is None or va is None:
         raise DataValidationError(f"no usable {'training' if tr is None else 'validation'} window: every one touches a gap longer than "
                                   f"spline max_gap ({self.spline['max_gap']}); raise it or lower input_size{spacing_hint(groups, freq)}")
-    cands, chosen, data, failed, gate = self._select(tr, va, m, L, stats, series)
-    d = data[chosen["base"]]
-    scores = scaled_residuals(chosen["val_out"], d)
     full = self._series(groups, freq)
-    self.models_, n_refit = self._final_models(chosen, full, L, m, stats)
-    self.scores_, self.series_ = scores, full
-    self.stat_fc_ = final_forecasts(full, chosen["stat"], m, self.h) if chosen.get("stat") else None
+    names = self.stat_models if self.cell == AUTO else []
+    jobs = self._jobs or StatJobs(self.n_jobs if names else 1)
+    try:                                       # statistical fits start now (n_jobs > 1: in workers, while the networks train)
+        pending = submit_validation(jobs, series, va, names, m, self.h), submit_finals(jobs, full, names, m, self.h)
+        cands, chosen, data, failed, gate = self._select(tr, va, m, L, stats, series, pending[0])
+        for (_, n), job in pending[1].items():
+            if n not in chosen.get("stat", []): job.cancel()          # forecasts of models not chosen: not needed
+        scores = scaled_residuals(chosen["val_out"], data[chosen["base"]])
+        self.models_, n_refit = self._final_models(chosen, full, L, m, stats)
+        self.scores_, self.series_ = scores, full
+        self.stat_fc_ = final_forecasts(full, chosen["stat"], m, self.h, pending[1]) if chosen.get("stat") else None
+    finally:
+        if jobs is not self._jobs: jobs.close()
     self.frame_ = df[["unique_id", "ds", "y", *self.covariates, *self.stat_exog_list]].reset_index(drop=True)
     quality = panel_quality(full, L).assign(val_tail=[tails[sd.uid] for sd in full])
     self.fitted_ = {
@@ -358,15 +368,16 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
     proto, fitted, parts, self.cv_fits_ = self.clone(h=h, freq=freq), None, [], []
     pool = NetworkPool()                        # a fold's networks are trained again in the next: one traced graph each
     from tqdm.auto import tqdm
-    for i in tqdm(range(n_windows), desc="cross_validation", unit="window", disable=not self.verbose):   # verbose: a bar
-        train = pd.concat([g[g["ds"] <= cuts[u][i]] for u, g in groups], ignore_index=True)
-        futr = pd.concat([g[g["ds"] > cuts[u][i]] for u, g in groups], ignore_index=True) if self.futr_exog_list else None
-        if refit or fitted is None:
-            fitted = proto.clone(); fitted._pool = pool
-            fitted.fit(train); self.cv_fits_.append(fitted.fit_summary())
-        fc = fitted.predict(futr_df=futr, level=level, df=None if (refit or i == 0) else train)
-        if refit: fitted._release()
-        parts.append(fc.assign(cutoff=fc["unique_id"].map({u: c[i] for u, c in cuts.items()})))
+    with StatJobs(self.n_jobs if self.cell == AUTO and self.stat_models else 1) as jobs:   # one set of workers for every fold
+        for i in tqdm(range(n_windows), desc="cross_validation", unit="window", disable=not self.verbose):   # verbose: a bar
+            train = pd.concat([g[g["ds"] <= cuts[u][i]] for u, g in groups], ignore_index=True)
+            futr = pd.concat([g[g["ds"] > cuts[u][i]] for u, g in groups], ignore_index=True) if self.futr_exog_list else None
+            if refit or fitted is None:
+                fitted = proto.clone(); fitted._pool, fitted._jobs = pool, jobs
+                fitted.fit(train); self.cv_fits_.append(fitted.fit_summary())
+            fc = fitted.predict(futr_df=futr, level=level, df=None if (refit or i == 0) else train)
+            if refit: fitted._release()
+            parts.append(fc.assign(cutoff=fc["unique_id"].map({u: c[i] for u, c in cuts.items()})))
     out = pd.concat(parts, ignore_index=True).merge(df[["unique_id", "ds", "y"]], on=["unique_id", "ds"], how="left")
     return out[["unique_id", "ds", "cutoff", "y", *[c for c in out.columns if c.startswith(self.alias)]]]
 

@@ -5,9 +5,10 @@
 # %% ../../nbs/lab/13da_stat_base.ipynb #756ae1e4
 from __future__ import annotations
 
+import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,9 @@ from .panel import SeriesData, Windows, scaled_mae, scaled_residuals
 
 # %% auto #0
 __all__ = ['STAT_MODELS', 'STAT', 'MIX', 'PAIR_RULES', 'GATE_Z', 'SELECT_RULES', 'check_stat_models', 'stat_model', 'filled',
-           'stat_forecast', 'rolling_forecasts', 'stat_validation', 'final_forecasts', 'best_network',
-           'best_stat_model', 'pooled_network', 'stat_combination', 'mixed', 'stat_candidates', 'paired_candidate',
-           'window_losses', 'dm_z', 'gated_choice', 'choose']
+           'stat_forecast', 'rolling_forecasts', 'check_n_jobs', 'StatJobs', 'submit_validation', 'stat_validation',
+           'submit_finals', 'final_forecasts', 'best_network', 'best_stat_model', 'pooled_network', 'stat_combination',
+           'mixed', 'stat_candidates', 'paired_candidate', 'window_losses', 'dm_z', 'gated_choice', 'choose']
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #d29cb3ff
 STAT_MODELS = ("AutoETS", "AutoARIMA", "AutoTheta")     # statsforecast models the estimator may choose
@@ -64,22 +65,76 @@ def rolling_forecasts(name: str, m: int, y: np.ndarray, cut: int, ends: Sequence
     if not np.isfinite(out).all(): raise ModelError(f"statsforecast {name} gave non-finite forecasts")
     return out
 
+# %% ../../nbs/lab/13da_stat_base.ipynb #8f93ab63
+def check_n_jobs(n_jobs: int) -> int:
+    "Worker processes for statistical jobs: n_jobs itself (1 = this process), or one per CPU for -1; ConfigError otherwise."
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or not (n_jobs == -1 or n_jobs >= 1):
+        raise ConfigError(f"n_jobs must be a positive int or -1 (one worker per CPU), got {n_jobs!r}")
+    return (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+
+class _Deferred:
+    "A job of StatJobs(1): run in this process when its result is first asked for, once."
+    def __init__(self, fn: Callable[..., Any], args: tuple) -> None: self._fn, self._args, self._out = fn, args, None
+    def result(self) -> Any:
+        if self._out is None:
+            try: self._out = (True, self._fn(*self._args))
+            except ModelError as e: self._out = (False, e)
+        ok, value = self._out
+        if not ok: raise value
+        return value
+    def cancel(self) -> bool: return self._out is None
+
+class StatJobs:
+    "Statistical forecasts as jobs: deferred in this process (n_jobs=1), or started at once in n_jobs spawned workers."
+    def __init__(self, n_jobs: int = 1) -> None:
+        self.n_jobs, self._pool = check_n_jobs(n_jobs), None
+        if self.n_jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            self._pool = ProcessPoolExecutor(self.n_jobs, mp_context=mp.get_context("spawn"))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        "A job with `.result()` (its value, or the ModelError it raised) and `.cancel()`."
+        return self._pool.submit(fn, *args) if self._pool is not None else _Deferred(fn, args)
+
+    def close(self) -> None:
+        "Cancel the jobs not started and let the workers exit once their running jobs end (no wait)."
+        if self._pool is not None: self._pool.shutdown(wait=False, cancel_futures=True); self._pool = None
+
+    def __enter__(self) -> StatJobs: return self
+    def __exit__(self, *exc: Any) -> None: self.close()
+
 # %% ../../nbs/lab/13da_stat_base.ipynb #b03b47e3
-def stat_validation(series: Sequence[SeriesData], va: Windows, names: Sequence[str], m: int,
-                    h: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def submit_validation(jobs: StatJobs, series: Sequence[SeriesData], va: Windows, names: Sequence[str], m: int,
+                      h: int) -> dict[tuple[int, str], Any]:
+    "The validation job of each model on each series that has validation windows, keyed (series index, model)."
+    return {(k, n): jobs.submit(rolling_forecasts, n, m, sd.target, sd.cut, va.ends[idx], h)
+            for k, sd in enumerate(series) if len(idx := np.flatnonzero(va.series == k)) for n in names}
+
+def stat_validation(series: Sequence[SeriesData], va: Windows, names: Sequence[str], m: int, h: int,
+                    pending: dict[tuple[int, str], Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     "Forecasts [B, h] of each model on the validation windows `va` (original units), and why the failed ones failed."
+    pending = submit_validation(StatJobs(1), series, va, names, m, h) if pending is None else pending
     out, failed = {n: np.full((len(va), h), np.nan) for n in names}, {}
     for k, sd in enumerate(series):
         idx = np.flatnonzero(va.series == k)
         for n in names:
             if not len(idx) or n in failed: continue
-            try: out[n][idx] = rolling_forecasts(n, m, sd.target, sd.cut, va.ends[idx], h)
+            try: out[n][idx] = pending[(k, n)].result()
             except ModelError as e: failed[n] = f"series {sd.uid!r}: {e}"
+    for (k, n), job in pending.items():
+        if n in failed: job.cancel()                         # a model failed on one series is out for all: stop its jobs
     return {n: v for n, v in out.items() if n not in failed}, failed
 
-def final_forecasts(series: Sequence[SeriesData], names: Sequence[str], m: int, h: int) -> np.ndarray:
-    "Mean forecast [N, h] of the models `names`, each fitted on every series' whole history."
-    return np.array([np.mean([stat_forecast(n, m, sd.target, h) for n in names], axis=0) for sd in series]).reshape(len(series), h)
+def submit_finals(jobs: StatJobs, series: Sequence[SeriesData], names: Sequence[str], m: int, h: int) -> dict[tuple[int, str], Any]:
+    "The job of each model's forecast from the end of each series, fitted on its whole history, keyed (series index, model)."
+    return {(k, n): jobs.submit(stat_forecast, n, m, sd.target, h) for k, sd in enumerate(series) for n in names}
+
+def final_forecasts(series: Sequence[SeriesData], names: Sequence[str], m: int, h: int,
+                    pending: dict[tuple[int, str], Any] | None = None) -> np.ndarray:
+    "Mean forecast [N, h] of the models `names`, each fitted on every series' whole history (from `pending` jobs if given)."
+    pending = submit_finals(StatJobs(1), series, names, m, h) if pending is None else pending
+    return np.array([np.mean([pending[(k, n)].result() for n in names], axis=0) for k in range(len(series))]).reshape(len(series), h)
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #ed8fecc7
 STAT = "stat"      # a candidate without a network: statistical models or their mean
@@ -116,10 +171,11 @@ def mixed(net: dict, stat: dict, d: dict[str, np.ndarray]) -> dict:
             "score": scaled_mae(v, d), "fit_s": net["fit_s"] + stat["fit_s"]}
 
 def stat_candidates(series: Sequence[SeriesData], va: Windows, names: Sequence[str], m: int, h: int, base: str,
-                    d: dict[str, np.ndarray], nets: Sequence[dict]) -> tuple[list[dict], dict[str, str]]:
+                    d: dict[str, np.ndarray], nets: Sequence[dict],
+                    pending: dict[tuple[int, str], Any] | None = None) -> tuple[list[dict], dict[str, str]]:
     "Candidates without a network: each statistical model, their mean, and that mean with the best network; failures."
     t0 = time.perf_counter()
-    fc, failed = stat_validation(series, va, names, m, h)
+    fc, failed = stat_validation(series, va, names, m, h, pending)
     if not fc: return [], failed
     scaled = lambda F: (F - d["b"]) / d["s"][:, None]
     one = lambda name, names, out: {"name": name, "cell": STAT, "base": base, "members": [], "stat": names, "net_weight": 0.0,
