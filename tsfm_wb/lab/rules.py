@@ -30,8 +30,8 @@ RULES = (*SELECT_RULES, "network", "statistical")
 
 class _RecordingLSTM(SplineLSTM):
     "SplineLSTM that keeps its candidates, the bases' arrays and the validation windows (fit it with select='best': no added pair)."
-    def _select(self, tr: Any, va: Any, m: int, L: int, stats: dict, series: list) -> tuple:
-        out = super()._select(tr, va, m, L, stats, series)
+    def _select(self, tr: Any, va: Any, m: int, L: int, stats: dict, series: list, pending: dict | None = None) -> tuple:
+        out = super()._select(tr, va, m, L, stats, series, pending)
         self.candidates_ = {"cands": out[0], "data": out[2], "va": va}
         return out
 
