@@ -115,6 +115,11 @@ class SplineLSTM:
         "Dynamic covariate columns in model order: past ones, then future ones."
         return [*self.hist_exog_list, *self.futr_exog_list]
 
+    @property
+    def _stat_names(self) -> list[str]:
+        "The statistical models of the model choice: stat_models under cell='auto', none for a fixed cell."
+        return list(self.stat_models) if self.cell == AUTO else []
+
     def _check_fitted(self) -> None:
         if self.fitted_ is None: raise NotFittedError("this SplineLSTM is not fitted: call fit(df) first (or SplineLSTM.load(path))")
 
@@ -198,8 +203,8 @@ def _select(self: SplineLSTM, tr: Windows, va: Windows, m: int, L: int, stats: d
         cands += [{"name": f"{BASE_ONLY}/{b}", "cell": BASE_ONLY, "base": b, "members": [], "val_out": zero(b),
                    "score": scaled_mae(zero(b), data[b]), "fit_s": 0.0} for b in bases]
     failed: dict[str, str] = {}
-    if self.cell == AUTO and self.stat_models:
-        stat, failed = stat_candidates(series, va, self.stat_models, m, self.h, base, data[base], cands, pending)
+    if self._stat_names:
+        stat, failed = stat_candidates(series, va, self._stat_names, m, self.h, base, data[base], cands, pending)
         cands += stat
     cands, chosen, gate = choose(cands, data, va, self.h, self.select, base)
     return cands, chosen, data, failed, gate
@@ -235,7 +240,7 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
         raise DataValidationError(f"no usable {'training' if tr is None else 'validation'} window: every one touches a gap longer than "
                                   f"spline max_gap ({self.spline['max_gap']}); raise it or lower input_size{spacing_hint(groups, freq)}")
     full = self._series(groups, freq)
-    names = self.stat_models if self.cell == AUTO else []
+    names = self._stat_names
     jobs = self._jobs or StatJobs(self.n_jobs if names else 1)
     try:                                       # statistical fits start now (n_jobs > 1: in workers, while the networks train)
         pending = submit_validation(jobs, series, va, names, m, self.h), submit_finals(jobs, full, names, m, self.h)
@@ -368,7 +373,7 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
     proto, fitted, parts, self.cv_fits_ = self.clone(h=h, freq=freq), None, [], []
     pool = NetworkPool()                        # a fold's networks are trained again in the next: one traced graph each
     from tqdm.auto import tqdm
-    with StatJobs(self.n_jobs if self.cell == AUTO and self.stat_models else 1) as jobs:   # one set of workers for every fold
+    with StatJobs(self.n_jobs if self._stat_names else 1) as jobs:   # one set of workers for every fold
         for i in tqdm(range(n_windows), desc="cross_validation", unit="window", disable=not self.verbose):   # verbose: a bar
             train = pd.concat([g[g["ds"] <= cuts[u][i]] for u, g in groups], ignore_index=True)
             futr = pd.concat([g[g["ds"] > cuts[u][i]] for u, g in groups], ignore_index=True) if self.futr_exog_list else None
