@@ -84,6 +84,20 @@ class _Deferred:
         return value
     def cancel(self) -> bool: return self._out is None
 
+_BROKEN_POOL = ("n_jobs={n}: a statistical worker process ended before its job did. The workers are spawned, so each "
+                "imports the main script again: a script that fits with n_jobs > 1 must run the fit under "
+                "`if __name__ == \"__main__\":`. A worker killed from outside (out of memory, a signal) ends the same "
+                "way. Or pass n_jobs=1 to fit in this process.")
+
+class _Pooled:
+    "A job in a worker process: its value, its ModelError, or a ConfigError that says what to do if its worker died."
+    def __init__(self, future: Any, n_jobs: int) -> None: self._future, self._n_jobs = future, n_jobs
+    def result(self) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+        try: return self._future.result()
+        except BrokenProcessPool as e: raise ConfigError(_BROKEN_POOL.format(n=self._n_jobs)) from e
+    def cancel(self) -> bool: return self._future.cancel()
+
 class StatJobs:
     "Statistical forecasts as jobs: deferred in this process (n_jobs=1), or started at once in n_jobs spawned workers."
     def __init__(self, n_jobs: int = 1) -> None:
@@ -95,7 +109,10 @@ class StatJobs:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         "A job with `.result()` (its value, or the ModelError it raised) and `.cancel()`."
-        return self._pool.submit(fn, *args) if self._pool is not None else _Deferred(fn, args)
+        if self._pool is None: return _Deferred(fn, args)
+        from concurrent.futures.process import BrokenProcessPool
+        try: return _Pooled(self._pool.submit(fn, *args), self.n_jobs)
+        except BrokenProcessPool as e: raise ConfigError(_BROKEN_POOL.format(n=self.n_jobs)) from e
 
     def close(self) -> None:
         "Cancel the jobs not started and let the workers exit once their running jobs end (no wait)."
