@@ -85,11 +85,12 @@ serve: install ## the forecast service on 127.0.0.1:8000 (configs/runner.yaml); 
 serve-models: install ## the embedded tollama-protocol model server on 127.0.0.1:11435 (statsforecast models + mock)
 	$(BIN)/tsfm-wb serve-models --host 127.0.0.1 --port 11435
 
-bench: install ## benchmarks: runner in-process, service under load over HTTP, kill -9 durability; results under reports/bench/
+bench: install ## benchmarks: runner in-process, service under load over HTTP, kill -9 durability, lab n_jobs; results under reports/bench/
 	$(PY) -m tsfm_wb.experiments.bench
 	$(PY) -m tsfm_wb.experiments.served_bench
 	$(PY) -m tsfm_wb.experiments.load
 	$(PY) -m tsfm_wb.experiments.durability
+	$(PY) -m tsfm_wb.lab.jobs_bench
 
 # The lab's rolling-origin benchmark: two processes (one thread each: with TensorFlow's and numba's default pools two
 # small-network fits on 2 cores ran ~4x slower), each series kept under $(LAB_BENCH)/series/ as it finishes, so an
