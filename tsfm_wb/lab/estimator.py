@@ -21,6 +21,7 @@ from .panel import (BASES, EXOG_LISTS, SeriesData, Windows, base_data, check_fla
                                crossfit_masks, cv_cutoffs, default_input_size, design, exog_stats, grid_length, int_at_least,
                                panel_freq, part_windows, prepare_series, scaled_mae, scaled_residuals, season_length_for,
                                series_windows, spacing_hint, tail_length)
+from .steps import integer_steps, on_fitted_kind, shown, step_freq, steps_as_times, times_as_steps
 from .spline import regular_grid
 from .intervals import DEFAULT_LEVELS, check_levels, conformal_offsets, interval_bounds, interval_columns, quantiles_to_levels
 from .diagnostics import overfit_signal, panel_quality
@@ -69,7 +70,7 @@ class SplineLSTM:
                  level: Sequence[float] | None = DEFAULT_LEVELS,   # default interval levels of predict
                  quantiles: Sequence[float] | None = None,          # alternative to level: bounding quantiles
                  hist_exog_list: Sequence[str] = (), futr_exog_list: Sequence[str] = (), stat_exog_list: Sequence[str] = (),
-                 freq: str | None = None,                # grid frequency; None: inferred (all series must agree)
+                 freq: str | int | None = None,          # grid frequency (an int step for integer ds); None: inferred
                  season_length: int | None = None,       # None: from the frequency (hourly 24, monthly 12, ...)
                  spline: dict[str, Any] | None = None,   # SplinePreprocessor options (default pchip, max_gap 4)
                  seed: int = 0, alias: str = DEFAULT_ALIAS,
@@ -83,6 +84,7 @@ class SplineLSTM:
         int_at_least(val_size, "val_size", allow_none=True); int_at_least(season_length, "season_length", allow_none=True)
         int_at_least(seed, "seed", minimum=0)
         stat_models = check_stat_models(stat_models); check_n_jobs(n_jobs)
+        if freq is not None: step_freq(freq, steps=not isinstance(freq, str))   # ConfigError on a bad integer step
         self.levels_default = check_levels([*check_levels(level), *quantiles_to_levels(quantiles)])
         spline = {**DEFAULT_SPLINE, **(spline or {})}
         SplinePreprocessor(**spline)                                 # ConfigError on a bad option
@@ -125,11 +127,12 @@ class SplineLSTM:
 
 # %% ../../nbs/lab/13e_estimator.ipynb #89c974f7
 @patch
-def _panel(self: SplineLSTM, df: pd.DataFrame, L: int | None = None) -> tuple[str, int, int, list[tuple[Any, pd.DataFrame]], dict[Any, int]]:
-    "Checked frame -> frequency, season length, input size, per-series rows and grid lengths."
+def _panel(self: SplineLSTM, df: pd.DataFrame, L: int | None = None,
+           steps: bool = False) -> tuple[str, int, int, list[tuple[Any, pd.DataFrame]], dict[Any, int]]:
+    "Checked frame (`steps`: integer ds, already on the internal calendar) -> frequency, season length, input size, rows, grid lengths."
     check_panel(df, self.hist_exog_list, self.futr_exog_list, self.stat_exog_list)
-    freq = panel_freq(df, self.freq)
-    m = self.season_length or season_length_for(freq)
+    freq = panel_freq(df, step_freq(self.freq, steps))
+    m = self.season_length or (1 if steps else season_length_for(freq))     # integer steps have no natural cycle
     groups = list(df.groupby("unique_id", sort=False))
     lens = {uid: grid_length(g["ds"], freq, uid) for uid, g in groups}
     L = L or self.input_size or default_input_size(self.h, m, min(lens.values()))
@@ -228,7 +231,9 @@ def _final_models(self: SplineLSTM, chosen: dict[str, Any], full: list[SeriesDat
 def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
     "Fit on a tidy frame `unique_id, ds, y` (+ covariates): choose on the validation tail, calibrate, refit."
     t0 = time.perf_counter()
-    freq, m, L, groups, lens = self._panel(df)
+    steps = integer_steps(df)
+    if steps: df = steps_as_times(df)                   # integer ds: on the internal calendar from here to the answers
+    freq, m, L, groups, lens = self._panel(df, steps=steps)
     tails = {u: tail_length(T, L, self.h, self.val_size) for u, T in lens.items()}
     if not any(tails.values()):
         raise DataValidationError(f"no series is long enough for a validation tail of h = {self.h} steps after input_size + h = "
@@ -256,7 +261,7 @@ def fit(self: SplineLSTM, df: pd.DataFrame) -> SplineLSTM:
     self.frame_ = df[["unique_id", "ds", "y", *self.covariates, *self.stat_exog_list]].reset_index(drop=True)
     quality = panel_quality(full, L).assign(val_tail=[tails[sd.uid] for sd in full])
     self.fitted_ = {
-        "freq": freq, "season_length": m, "input_size": L, "chosen": chosen["name"], "cell": chosen["cell"], "base": chosen["base"],
+        "freq": freq, "integer_steps": steps, "season_length": m, "input_size": L, "chosen": chosen["name"], "cell": chosen["cell"], "base": chosen["base"],
         "stat": chosen.get("stat", []), "net_weight": chosen.get("net_weight", 1.0), "stat_failures": failed, "gate": gate,
         "members": [{"cell": mm["cell"], "seed": mm["seed"], "epochs": overfit_signal(mm["history"])["best_epoch"], "reps": mm["reps"]}
                     for mm in chosen["members"]],
@@ -309,8 +314,9 @@ def _with_future(self: SplineLSTM, series: list[SeriesData], futr_df: pd.DataFra
         fut = pd.date_range(sd.grid[-1], periods=self.h + 1, freq=self.fitted_["freq"])[1:]
         rows = by.get(sd.uid, futr_df.iloc[:0]).set_index("ds").reindex(fut)[cols]
         if rows.isna().any(axis=None):
-            raise DataValidationError(f"futr_df has no value of {cols} for series {sd.uid!r} at {rows.index[rows.isna().any(axis=1)][0]}; "
-                                      f"it needs the next {self.h} steps after {sd.grid[-1]}")
+            at, steps = rows.index[rows.isna().any(axis=1)][0], self.fitted_.get("integer_steps")
+            raise DataValidationError(f"futr_df has no value of {cols} for series {sd.uid!r} at {shown(at, steps)}; "
+                                      f"it needs the next {self.h} steps after {shown(sd.grid[-1], steps)}")
         ext = np.column_stack([np.repeat(sd.dynamic[-1:, :n_hist], self.h, 0), rows.to_numpy(float)])
         out.append(SeriesData(**{**vars(sd), "dynamic": np.vstack([sd.dynamic, ext])}))
     return out
@@ -339,6 +345,7 @@ def predict(self: SplineLSTM, h: int | None = None, futr_df: pd.DataFrame | None
     h = self.h if h is None else int_at_least(h, "h")
     if h > self.h: raise ConfigError(f"h={h} exceeds the fitted horizon {self.h}; fit with h={h} to forecast that far")
     levels = self.levels_default if level is None and quantiles is None else check_levels([*check_levels(level), *quantiles_to_levels(quantiles)])
+    df, futr_df = (on_fitted_kind(x, self.fitted_.get("integer_steps"), n) for x, n in ((df, "df"), (futr_df, "futr_df")))
     series = self._with_future(self.series_ if df is None else self._new_series(df), futr_df)
     point, s = self._forecast(series, self.stat_fc_ if df is None else None)
     bounds = interval_bounds(point, s, conformal_offsets(self.scores_, levels)) if levels else {}
@@ -347,7 +354,7 @@ def predict(self: SplineLSTM, h: int | None = None, futr_df: pd.DataFrame | None
                         "ds": np.concatenate([d.to_numpy("datetime64[ns]") for d in ds])})
     cols = interval_columns(self.alias, levels)
     for c in cols: out[c] = (point if c == self.alias else bounds[c[len(self.alias) + 1:]])[:, :h].ravel()
-    return out
+    return times_as_steps(out) if self.fitted_.get("integer_steps") else out
 
 # %% ../../nbs/lab/13e_estimator.ipynb #918a2dc2
 @patch
@@ -363,14 +370,16 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
     "Rolling-origin forecasts: unique_id, ds, cutoff, y and the forecast columns, one block per cutoff."
     h = self.h if h is None else int_at_least(h, "h")
     n_windows, step = int_at_least(n_windows, "n_windows"), int_at_least(h if step_size is None else step_size, "step_size")
+    if steps := integer_steps(df): df = steps_as_times(df)            # integer ds: the folds see the internal calendar
     check_panel(df, self.hist_exog_list, self.futr_exog_list, self.stat_exog_list)
-    freq = panel_freq(df, self.freq)
+    freq = panel_freq(df, step_freq(self.freq, steps))
     groups = list(df.groupby("unique_id", sort=False))
     cuts = {}
     for uid, g in groups:
         try: cuts[uid] = cv_cutoffs(regular_grid(g["ds"], freq), h, n_windows, step)
         except DataValidationError as e: raise DataValidationError(f"series {uid!r}: {e}") from None
-    proto, fitted, parts, self.cv_fits_ = self.clone(h=h, freq=freq), None, [], []
+    m = self.season_length or (1 if steps else None)                 # the folds' season: integer steps have no natural cycle
+    proto, fitted, parts, self.cv_fits_ = self.clone(h=h, freq=freq, season_length=m), None, [], []
     pool = NetworkPool()                        # a fold's networks are trained again in the next: one traced graph each
     from tqdm.auto import tqdm
     with StatJobs(self.n_jobs if self._stat_names else 1) as jobs:   # one set of workers for every fold
@@ -384,7 +393,8 @@ def cross_validation(self: SplineLSTM, df: pd.DataFrame, h: int | None = None, n
             if refit: fitted._release()
             parts.append(fc.assign(cutoff=fc["unique_id"].map({u: c[i] for u, c in cuts.items()})))
     out = pd.concat(parts, ignore_index=True).merge(df[["unique_id", "ds", "y"]], on=["unique_id", "ds"], how="left")
-    return out[["unique_id", "ds", "cutoff", "y", *[c for c in out.columns if c.startswith(self.alias)]]]
+    out = out[["unique_id", "ds", "cutoff", "y", *[c for c in out.columns if c.startswith(self.alias)]]]
+    return times_as_steps(out) if steps else out
 
 # %% ../../nbs/lab/13e_estimator.ipynb #b230204f
 from . import estimator_edge as _estimator_edge, historical as _historical, persistence as _persistence  # noqa: E402,F401

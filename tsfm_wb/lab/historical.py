@@ -15,6 +15,7 @@ from fastcore.basics import patch
 from ..core import ConfigError, DataValidationError
 from .panel import (check_panel, concat_windows, design, grid_length, int_at_least, prepare_series, select_windows,
                                series_windows)
+from .steps import STEP_ORIGIN, STEP_UNIT, on_fitted_kind, times_as_steps
 from .spline import regular_grid
 from .intervals import check_levels, conformal_offsets, interval_bounds, interval_columns
 from .training import network_outputs
@@ -53,9 +54,15 @@ def historical_forecasts(self: SplineLSTM, df: pd.DataFrame, start: Any, stride:
         raise ConfigError(f"this estimator chose {f['chosen']!r}, whose statistical models refit at each origin; "
                           "use cross_validation(df, n_windows=..., refit=False) for its historical forecasts")
     int_at_least(stride, "stride")
+    int_steps = bool(f.get("integer_steps")); df = on_fitted_kind(df, int_steps, "df")
     check_panel(df, self.hist_exog_list, self.futr_exog_list, self.stat_exog_list)
-    try: start = pd.Timestamp(start)
-    except (TypeError, ValueError): raise ConfigError(f"start must be a timestamp (or text pandas reads as one), got {start!r}") from None
+    if int_steps:                                               # integer ds: start is a step, on the internal calendar
+        if not isinstance(start, (int, np.integer)) or isinstance(start, bool):
+            raise ConfigError(f"start must be an integer time step (the estimator was fitted on integer ds), got {start!r}")
+        start = STEP_ORIGIN + int(start) * STEP_UNIT
+    else:
+        try: start = pd.Timestamp(start)
+        except (TypeError, ValueError): raise ConfigError(f"start must be a timestamp (or text pandas reads as one), got {start!r}") from None
     levels = self.levels_default if level is None else check_levels(level)
     w, grids = _origin_windows(self, df, start, int(stride))
     if w is None or len(w) == 0:
@@ -70,4 +77,4 @@ def historical_forecasts(self: SplineLSTM, df: pd.DataFrame, start: Any, stride:
                         "ds": np.concatenate([grids[k][1][r] for k, r in zip(w.series, steps)]), "y": w.O.ravel()})
     for c in interval_columns(self.alias, levels):
         out[c] = (point if c == self.alias else bounds[c[len(self.alias) + 1:]]).ravel()
-    return out
+    return times_as_steps(out) if int_steps else out

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from fastcore.basics import patch
 
 from ..core import ConfigError, DataValidationError, ModelError, atomic_write_json, read_json
 from .intervals import check_levels
+from .steps import STEP_UNIT
 from .estimator import SplineLSTM
 from .estimator_edge import export, serving_columns
 from .edge import OnnxPredictor
@@ -29,8 +31,9 @@ SERVED_FORMAT = 1
 def served_meta(est: SplineLSTM, levels: Sequence[float]) -> dict[str, Any]:
     "The JSON description of an exported estimator: horizon, input length, frequency, levels, output blocks."
     f = est.fitted_
+    freq = int(pd.Timedelta(f["freq"]) // STEP_UNIT) if f.get("integer_steps") else f["freq"]     # integer ds: the int step
     return {"type": "SplineLSTM", "format": SERVED_FORMAT, "alias": est.alias, "chosen": f["chosen"], "h": est.h,
-            "input_size": f["input_size"], "freq": f["freq"], "levels": list(levels), "columns": serving_columns(est, levels)}
+            "input_size": f["input_size"], "freq": freq, "levels": list(levels), "columns": serving_columns(est, levels)}
 
 def export_served(est: SplineLSTM, path: str | Path, level: Sequence[float] | None = None) -> Path:
     "Write the servable folder `path` (model.onnx + served.json) of a fitted univariate estimator; returns `path`."
