@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from ..core import ConfigError, DataValidationError
 from .panel import (check_panel, concat_windows, design, grid_length, int_at_least, prepare_series, select_windows,
                                series_windows)
-from .steps import STEP_ORIGIN, STEP_UNIT, on_fitted_kind, times_as_steps
+from .steps import STEP_ORIGIN, STEP_UNIT, on_fitted_kind, shown, times_as_steps
 from .spline import regular_grid
 from .intervals import check_levels, conformal_offsets, interval_bounds, interval_columns
 from .training import network_outputs
@@ -34,8 +34,9 @@ def _origin_windows(est: SplineLSTM, df: pd.DataFrame, start: pd.Timestamp, stri
         grid = regular_grid(g["ds"], f["freq"])
         first = int(grid.searchsorted(start))
         if first < 1 or first >= len(grid):
-            raise DataValidationError(f"series {uid!r}: start {start} leaves no history before it or no step after it "
-                                      f"(its grid runs {grid[0]} .. {grid[-1]})")
+            st = f.get("integer_steps")                        # messages in the frame's own ds: integer steps, or timestamps
+            raise DataValidationError(f"series {uid!r}: start {shown(start, st)} leaves no history before it or no step after it "
+                                      f"(its grid runs {shown(grid[0], st)} .. {shown(grid[-1], st)})")
         ends = np.arange(max(first, L - 1), len(grid) - h, stride, dtype=np.int64)
         if len(ends) == 0: continue
         sd = prepare_series(uid, g["ds"], g["y"], f["freq"], est.spline, len(grid) - first, g[est.covariates].to_numpy(float),
@@ -66,7 +67,7 @@ def historical_forecasts(self: SplineLSTM, df: pd.DataFrame, start: Any, stride:
     levels = self.levels_default if level is None else check_levels(level)
     w, grids = _origin_windows(self, df, start, int(stride))
     if w is None or len(w) == 0:
-        raise DataValidationError(f"no origin at or after {start} with a full input window of {f['input_size']} steps outside long gaps "
+        raise DataValidationError(f"no origin at or after {shown(start, int_steps)} with a full input window of {f['input_size']} steps outside long gaps "
                                   f"and {self.h} steps after it; pass a longer frame or an earlier start")
     X, s, b = design(w, self.h, f["base"], f["season_length"], f["stats"])
     point = b + s[:, None] * network_outputs(self.models_, X, self.h)
