@@ -17,10 +17,11 @@ from ..core import ConfigError, ModelError
 from .panel import SeriesData, Windows, scaled_mae, scaled_residuals
 
 # %% auto #0
-__all__ = ['STAT_MODELS', 'STAT', 'MIX', 'PAIR_RULES', 'GATE_Z', 'SELECT_RULES', 'check_stat_models', 'stat_model', 'filled',
-           'stat_forecast', 'rolling_forecasts', 'check_n_jobs', 'StatJobs', 'submit_validation', 'stat_validation',
-           'submit_finals', 'final_forecasts', 'best_network', 'best_stat_model', 'pooled_network', 'stat_combination',
-           'mixed', 'stat_candidates', 'paired_candidate', 'window_losses', 'dm_z', 'gated_choice', 'choose']
+__all__ = ['STAT_MODELS', 'LONG_SEASON', 'STAT', 'MIX', 'PAIR_RULES', 'GATE_Z', 'SELECT_RULES', 'check_stat_models', 'stat_model',
+           'filled', 'stat_forecast', 'rolling_forecasts', 'check_n_jobs', 'StatJobs', 'submit_validation',
+           'stat_validation', 'submit_finals', 'final_forecasts', 'best_network', 'best_stat_model', 'pooled_network',
+           'stat_combination', 'mixed', 'stat_candidates', 'paired_candidate', 'window_losses', 'dm_z', 'gated_choice',
+           'choose']
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #d29cb3ff
 STAT_MODELS = ("AutoETS", "AutoARIMA", "AutoTheta")     # statsforecast models the estimator may choose
@@ -32,10 +33,14 @@ def check_stat_models(names: Sequence[str] | None) -> list[str]:
     if bad: raise ConfigError(f"unknown stat_models {bad}; choose from {list(STAT_MODELS)} (or () for none)")
     return names
 
+LONG_SEASON = 24     # above it AutoARIMA searches with the CSS approximation: the exact search can take minutes
+
 def stat_model(name: str, m: int) -> Any:
-    "An unfitted statsforecast model `name` at season length m."
+    "An unfitted statsforecast model `name` at season length m (AutoARIMA approximated for seasons over LONG_SEASON)."
     from statsforecast import models as sm
-    return getattr(sm, check_stat_models([name])[0])(season_length=max(int(m), 1))
+    m, name = max(int(m), 1), check_stat_models([name])[0]
+    if name == "AutoARIMA" and m > LONG_SEASON: return sm.AutoARIMA(season_length=m, approximation=True)
+    return getattr(sm, name)(season_length=m)
 
 def filled(y: np.ndarray) -> np.ndarray:
     "A history with NaN filled by linear interpolation inside and held at the ends."
