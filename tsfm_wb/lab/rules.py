@@ -17,16 +17,17 @@ from ..core import ConfigError, DataValidationError, atomic_write_json, atomic_w
 from .panel import scaled_residuals
 from .estimator import SplineLSTM
 from .training import NetworkPool
-from .stat_base import SELECT_RULES, STAT, best_network, best_stat_model, choose, final_forecasts
+from .stat_base import SELECT_RULES, STAT, best_network, best_stat_model, choose, crossfit_choice_scores, final_forecasts
 from .benchmark import (BENCHMARK_PANEL, BENCHMARK_SERIES, PEERS, STAT_PEERS, _records, drop_holdout, benchmark_series,
                                    fold_cutoffs, forecasts_frame, forecasts_json, peer_cv, score_cv)
 
 # %% auto #0
-__all__ = ['RULES', 'rule_candidates', 'forecast_as', 'compare_rules', 'rules_summary', 'rules_markdown', 'load_rule_forecasts',
-           'main']
+__all__ = ['RECALIBRATED', 'RULES', 'recalibrated_scores', 'rule_candidates', 'forecast_as', 'compare_rules', 'rules_summary',
+           'rules_markdown', 'load_rule_forecasts', 'main']
 
 # %% ../../nbs/lab/13g_rules.ipynb #b17a599a
-RULES = (*SELECT_RULES, "network", "statistical")
+RECALIBRATED = {"combine_xcal": "combine"}    # a rule's forecast with conformal scores of its choice cross-fitted
+RULES = (*SELECT_RULES, "network", "statistical", *RECALIBRATED)
 
 class _RecordingLSTM(SplineLSTM):
     "SplineLSTM that keeps its candidates, the bases' arrays and the validation windows (fit it with select='best': no added pair)."
@@ -35,19 +36,30 @@ class _RecordingLSTM(SplineLSTM):
         self.candidates_ = {"cands": out[0], "data": out[2], "va": va}
         return out
 
+def _rules_base(est: _RecordingLSTM) -> str:
+    "The base the rules choose on: the statistical candidates' (the chosen base), else the fit's."
+    return next((c["base"] for c in est.candidates_["cands"] if c["cell"] == STAT), est.fitted_["base"])
+
+def recalibrated_scores(est: _RecordingLSTM, rule: str) -> np.ndarray:
+    "Conformal scores of `rule`'s choice cross-fitted over the validation blocks (`crossfit_choice_scores`)."
+    rec = est.candidates_
+    return crossfit_choice_scores(rec["cands"], rec["data"], rec["va"], est.h, rule, _rules_base(est))
+
 def rule_candidates(est: _RecordingLSTM) -> dict[str, dict]:
     "The candidate each rule picks from the fitted estimator's candidates (rules without one are left out)."
-    rec = est.candidates_; cands = rec["cands"]
-    base = next((c["base"] for c in cands if c["cell"] == STAT), est.fitted_["base"])
+    rec = est.candidates_; cands, base = rec["cands"], _rules_base(est)
     out = {r: choose(cands, rec["data"], rec["va"], est.h, r, base)[1] for r in SELECT_RULES}
     for rule, cand in (("network", best_network(cands, base)), ("statistical", best_stat_model(cands))):
         if cand is not None: out[rule] = cand
     return out
 
-def forecast_as(est: _RecordingLSTM, cand: dict, cache: dict, level: Sequence[float] = (80, 90)) -> pd.DataFrame:
-    "The fitted estimator's forecast had it chosen `cand` (each network refitted once per fold via `cache`, or the fit's own)."
+def forecast_as(est: _RecordingLSTM, cand: dict, cache: dict, level: Sequence[float] = (80, 90),
+                scores: np.ndarray | None = None) -> pd.DataFrame:
+    "The fitted estimator's forecast had it chosen `cand` (networks refitted once per fold via `cache`), `scores` its conformal ones."
     f = est.fitted_
-    if cand["name"] == f["chosen"]: return est.predict(level=level)
+    if cand["name"] == f["chosen"]:
+        if scores is None: return est.predict(level=level)
+        alt = copy.copy(est); alt.scores_ = scores; return alt.predict(level=level)
     alt, key = copy.copy(est), lambda base, mm: (base, mm["cell"], mm["seed"])
     for mm, model in zip(f["members"], est.models_): cache.setdefault(key(f["base"], mm), model)   # the fit's own refit
     todo = [mm for mm in cand["members"] if key(cand["base"], mm) not in cache]
@@ -55,7 +67,7 @@ def forecast_as(est: _RecordingLSTM, cand: dict, cache: dict, level: Sequence[fl
         models = est._final_models({**cand, "members": todo}, est.series_, f["input_size"], f["season_length"], f["stats"])[0]
         cache.update({key(cand["base"], mm): model for mm, model in zip(todo, models)})
     alt.models_ = [cache[key(cand["base"], mm)] for mm in cand["members"]]
-    alt.scores_ = scaled_residuals(cand["val_out"], est.candidates_["data"][cand["base"]])
+    alt.scores_ = scaled_residuals(cand["val_out"], est.candidates_["data"][cand["base"]]) if scores is None else scores
     alt.stat_fc_ = final_forecasts(est.series_, cand["stat"], f["season_length"], est.h) if cand.get("stat") else None
     alt.fitted_ = {**f, "chosen": cand["name"], "base": cand["base"], "stat": cand.get("stat", []),
                    "net_weight": cand.get("net_weight", 1.0), "members": []}
@@ -76,8 +88,10 @@ def compare_rules(df: pd.DataFrame, freq: str, m: int, h: int, name: str, n_wind
         est._pool = pool                                    # each fold trains the previous fold's networks again
         est.fit(train)
         cache: dict = {}
-        for rule, cand in rule_candidates(est).items():
-            fc = forecast_as(est, cand, cache, level).rename(columns=lambda c: c.replace(est.alias, rule))
+        picks = rule_candidates(est)
+        todo = [(r, c, None) for r, c in picks.items()] + [(r, picks[of], recalibrated_scores(est, of)) for r, of in RECALIBRATED.items()]
+        for rule, cand, scores in todo:
+            fc = forecast_as(est, cand, cache, level, scores).rename(columns=lambda c: c.replace(est.alias, rule))
             parts.setdefault(rule, []).append(fc.assign(cutoff=fc["unique_id"].map({u: c[i] for u, c in cuts.items()})))
             choices.append({"series": name, "fold": i, "rule": rule, "chosen": cand["name"], "val_score": cand["score"]})
         est._release()

@@ -21,7 +21,7 @@ __all__ = ['STAT_MODELS', 'LONG_SEASON', 'STAT', 'MIX', 'PAIR_RULES', 'GATE_Z', 
            'filled', 'stat_forecast', 'rolling_forecasts', 'check_n_jobs', 'StatJobs', 'submit_validation',
            'stat_validation', 'submit_finals', 'final_forecasts', 'best_network', 'best_stat_model', 'pooled_network',
            'stat_combination', 'mixed', 'stat_candidates', 'paired_candidate', 'window_losses', 'dm_z', 'gated_choice',
-           'choose']
+           'choose', 'crossfit_choice_scores']
 
 # %% ../../nbs/lab/13da_stat_base.ipynb #d29cb3ff
 STAT_MODELS = ("AutoETS", "AutoARIMA", "AutoTheta")     # statsforecast models the estimator may choose
@@ -259,3 +259,18 @@ def choose(cands: Sequence[dict], data: dict[str, dict[str, np.ndarray]], va: Wi
         same = next((c for c in cands if c["name"] == pair["name"]), None)   # already a candidate (the combo's mix, say)
         return ([*cands], same, None) if same is not None else ([*cands, pair], pair, None)
     return list(cands), *gated_choice(cands, data, va, h)
+
+# %% ../../nbs/lab/13da_stat_base.ipynb #0aaa0af3
+def _masked_mae(cand: dict, data: dict[str, dict[str, np.ndarray]], mask: np.ndarray) -> float:
+    "Validation MAE of `cand` in the windows' scale over the windows in `mask` (inf without an observed target there)."
+    err = np.abs(scaled_residuals(cand["val_out"], data[cand["base"]]))[mask]
+    return float(np.nanmean(err)) if np.isfinite(err).any() else float("inf")
+
+def crossfit_choice_scores(cands: Sequence[dict], data: dict[str, dict[str, np.ndarray]], va: Windows, h: int, rule: str,
+                           base: str) -> np.ndarray:
+    "Calibration scores [B, h]: each cross-fit block's residuals of the candidate `rule` picks on that block's chooser windows."
+    out = np.full(data[base]["Yva"].shape, np.nan)
+    for own, chooser in data[base]["crossfit"]:
+        pick = choose([{**c, "score": _masked_mae(c, data, chooser)} for c in cands], data, va, h, rule, base)[1]
+        out[own] = scaled_residuals(pick["val_out"], data[pick["base"]])[own]
+    return out
