@@ -55,7 +55,9 @@ def rule_candidates(est: _RecordingLSTM) -> dict[str, dict]:
 
 def forecast_as(est: _RecordingLSTM, cand: dict, cache: dict, level: Sequence[float] = (80, 90),
                 scores: np.ndarray | None = None) -> pd.DataFrame:
-    "The fitted estimator's forecast had it chosen `cand` (networks refitted once per fold via `cache`), `scores` its conformal ones."
+    """The fitted estimator's forecast had it chosen `cand`, `scores` its conformal ones (default: its own residuals).
+
+    Networks and statistical forecasts are made once per fold: `cache` keeps them for the fold's other rules."""
     f = est.fitted_
     if cand["name"] == f["chosen"]:
         if scores is None: return est.predict(level=level)
@@ -68,7 +70,10 @@ def forecast_as(est: _RecordingLSTM, cand: dict, cache: dict, level: Sequence[fl
         cache.update({key(cand["base"], mm): model for mm, model in zip(todo, models)})
     alt.models_ = [cache[key(cand["base"], mm)] for mm in cand["members"]]
     alt.scores_ = scaled_residuals(cand["val_out"], est.candidates_["data"][cand["base"]]) if scores is None else scores
-    alt.stat_fc_ = final_forecasts(est.series_, cand["stat"], f["season_length"], est.h) if cand.get("stat") else None
+    if f["stat"]: cache.setdefault((STAT, tuple(f["stat"])), est.stat_fc_)                      # the fit's own forecasts
+    if (names := tuple(cand.get("stat", []))) and (STAT, names) not in cache:
+        cache[(STAT, names)] = final_forecasts(est.series_, list(names), f["season_length"], est.h)
+    alt.stat_fc_ = cache[(STAT, names)] if names else None
     alt.fitted_ = {**f, "chosen": cand["name"], "base": cand["base"], "stat": cand.get("stat", []),
                    "net_weight": cand.get("net_weight", 1.0), "members": []}
     return alt.predict(level=level)
